@@ -1,0 +1,330 @@
+"""Checkpoints in Dassl's layout, written atomically and read with `weights_only=True`; RNG state.
+
+Layout (per registered model folder, as Dassl): `model.pth.tar-<epoch>` (or a given name such as
+`model-best.pth.tar`), a text file `checkpoint` naming the last file written, and
+`model-best.pth.tar` when `is_best`. The content is a dict (`state_dict`, `epoch`, `optimizer`,
+`scheduler`, `val_result`, ...).
+
+Differences from Dassl, each fixing something its users hit:
+- every file is written to a temp file, fsync'ed and renamed, so a crash mid-save never leaves a
+  truncated checkpoint under a real name (and resume skips a corrupt one with a warning);
+- loading uses `torch.load(weights_only=True)` (no code runs from a checkpoint). Dassl's own
+  checkpoints pickle its warm-up scheduler object; those load only when the user says they trust
+  the file (`trust=True` or env `GATESCOPE_TRUST_CHECKPOINTS=1`), and then even without Dassl
+  installed: classes that cannot be imported become inert `UnimportableObject` stubs;
+- `capture_rng_state` / `restore_rng_state` let a resumed run draw the same random numbers.
+"""
+import io
+import os
+import os.path as osp
+import pickle
+import random
+import re
+import types
+import warnings
+from collections import OrderedDict
+
+import numpy as np
+import torch
+
+from .utils import atomic_write_bytes, mkdir_if_missing
+
+__all__ = [
+    "TRUST_ENV_VAR", "CheckpointError", "CorruptCheckpointError", "UntrustedCheckpointError",
+    "UnimportableObject", "save_checkpoint", "load_checkpoint", "resume_from_checkpoint",
+    "capture_rng_state", "restore_rng_state",
+]
+
+TRUST_ENV_VAR = "GATESCOPE_TRUST_CHECKPOINTS"
+BEST_NAME = "model-best.pth.tar"
+_EPOCH_FILE = re.compile(r"^model\.pth\.tar-(\d+)$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file exists but cannot be used."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """The file is truncated or not a torch checkpoint at all."""
+
+    def __init__(self, fpath, reason):
+        self.fpath = fpath
+        super().__init__(
+            f'Checkpoint "{fpath}" is corrupt or truncated and cannot be read ({reason}). It was probably '
+            "cut off by an interrupted save or copy; use an earlier checkpoint or re-copy the file."
+        )
+
+
+class UntrustedCheckpointError(CheckpointError):
+    """The file pickles Python objects, which `weights_only=True` refuses to rebuild."""
+
+    def __init__(self, fpath, globals_found):
+        self.fpath = fpath
+        self.globals_found = list(globals_found)
+        names = ", ".join(self.globals_found[:8]) or "unknown"
+        if len(self.globals_found) > 8:
+            names += f", ... ({len(self.globals_found)} in all)"
+        dassl = any(g.startswith("dassl.") for g in self.globals_found)
+        origin = ("It looks like a checkpoint written by the original Dassl, which pickles its warm-up "
+                  "scheduler object inside 'scheduler'. " if dassl else "")
+        super().__init__(
+            f'Checkpoint "{fpath}" contains pickled Python objects ({names}), so it was not loaded with '
+            f"torch.load(weights_only=True). {origin}Unpickling can run arbitrary code: only if you trust "
+            f"where this file came from, set the environment variable {TRUST_ENV_VAR}=1 (or call "
+            "load_checkpoint(..., trust=True)); classes that cannot be imported are then replaced by inert "
+            "stubs, so Dassl need not be installed."
+        )
+
+
+# ---------------------------------------------------------------- save
+def save_checkpoint(state, save_dir, is_best=False, remove_module_from_keys=True, model_name=""):
+    """Write `state` to `save_dir/<model_name or model.pth.tar-<state['epoch']>>` atomically.
+
+    Then (atomically too) write the text file `save_dir/checkpoint` naming that file, and copy it
+    to `save_dir/model-best.pth.tar` when `is_best`. `remove_module_from_keys` strips the
+    "module." prefix DataParallel adds to `state["state_dict"]` keys (as Dassl does); the caller's
+    dict is not modified. Returns the path written.
+    """
+    mkdir_if_missing(save_dir)
+    state = dict(state)
+    if remove_module_from_keys and isinstance(state.get("state_dict"), dict):
+        state["state_dict"] = OrderedDict(
+            (k[len("module."):] if k.startswith("module.") else k, v) for k, v in state["state_dict"].items()
+        )
+    if not model_name:
+        if "epoch" not in state:
+            raise KeyError("save_checkpoint() needs state['epoch'] to name the file, or a model_name")
+        model_name = f"model.pth.tar-{state['epoch']}"
+    fpath = osp.join(save_dir, model_name)
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getvalue()
+    atomic_write_bytes(fpath, data)
+    print(f"Checkpoint saved to {fpath}")
+    atomic_write_bytes(osp.join(save_dir, "checkpoint"), f"{model_name}\n".encode("utf-8"))
+    if is_best and model_name != BEST_NAME:
+        best_fpath = osp.join(save_dir, BEST_NAME)
+        atomic_write_bytes(best_fpath, data)
+        print(f'Best checkpoint saved to "{best_fpath}"')
+    return fpath
+
+
+# ---------------------------------------------------------------- load
+class UnimportableObject:
+    """Stands in for an object whose class could not be imported while loading a trusted pickle.
+
+    It keeps what the pickle held: the original `module` and `qualname` on its class, the
+    constructor arguments in `_stub_args`, and the object's state as attributes (a dict state) or
+    in `_stub_state`. It has no behaviour of the original class.
+    """
+
+    _stub_module = ""
+    _stub_qualname = ""
+
+    def __new__(cls, *args, **kwargs):
+        obj = super().__new__(cls)
+        obj._stub_args = args
+        return obj
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        if isinstance(state, tuple) and len(state) == 2 and (state[0] is None or isinstance(state[0], dict)):
+            state = {**(state[0] or {}), **(state[1] or {})}  # (dict, slots) form
+        if isinstance(state, dict):
+            self.__dict__.update(state)
+        else:
+            self._stub_state = state
+
+    def __repr__(self):
+        return f"<UnimportableObject {self._stub_module}.{self._stub_qualname}>"
+
+
+_stub_classes = {}
+
+
+def _stub_class(module, qualname):
+    key = (module, qualname)
+    if key not in _stub_classes:
+        _stub_classes[key] = type(qualname.rsplit(".", 1)[-1], (UnimportableObject,),
+                                  {"_stub_module": module, "_stub_qualname": qualname})
+    return _stub_classes[key]
+
+
+class _StubbingUnpickler(pickle.Unpickler):
+    """Resolves classes normally; a class whose module or attribute is missing becomes a stub."""
+
+    def find_class(self, module, name):
+        try:
+            return super().find_class(module, name)
+        except (ImportError, AttributeError):
+            return _stub_class(module, name)
+
+
+def _stubbing_load(file, **kwargs):
+    return _StubbingUnpickler(file, **kwargs).load()
+
+
+# torch.load(pickle_module=...) wants a module-like object with Unpickler and load.
+_stubbing_pickle = types.ModuleType("gatescope_stubbing_pickle")
+_stubbing_pickle.Unpickler = _StubbingUnpickler
+_stubbing_pickle.load = _stubbing_load
+_stubbing_pickle.Pickler = pickle.Pickler
+_stubbing_pickle.dump = pickle.dump
+
+
+def _trust_from_env():
+    return os.environ.get(TRUST_ENV_VAR, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _unsafe_globals(fpath, error):
+    """Names of the classes/functions the file pickles, or [] if it is not a readable checkpoint."""
+    try:
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(fpath)
+    except Exception:
+        found = []
+    if found:
+        return list(found)
+    # Files in torch's pre-1.6 (non-zip) format are not scanned by torch; read the refusal instead.
+    match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+    return [match.group(1)] if match else []
+
+
+def load_checkpoint(fpath, trust=False):
+    """Load a checkpoint onto the CPU with `torch.load(weights_only=True)`.
+
+    Raises:
+        FileNotFoundError: no file at `fpath`.
+        UntrustedCheckpointError: the file pickles Python objects (e.g. one written by the
+            original Dassl) and neither `trust=True` nor env GATESCOPE_TRUST_CHECKPOINTS=1 is set.
+            With trust it is fully unpickled; classes that cannot be imported become
+            `UnimportableObject` stubs.
+        CorruptCheckpointError: the file is truncated or not a checkpoint.
+    """
+    if not fpath:
+        raise ValueError("load_checkpoint() got an empty path")
+    fpath = os.fspath(fpath)
+    if not osp.exists(fpath):
+        raise FileNotFoundError(f'No checkpoint file at "{fpath}"')
+    try:
+        return torch.load(fpath, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for bad files
+        weights_only_error = error
+    unsafe = _unsafe_globals(fpath, weights_only_error)
+    if not unsafe:
+        raise CorruptCheckpointError(fpath, f"{type(weights_only_error).__name__}: "
+                                            f"{_first_line(weights_only_error)}") from weights_only_error
+    if not (trust or _trust_from_env()):
+        raise UntrustedCheckpointError(fpath, unsafe) from weights_only_error
+    try:
+        return torch.load(fpath, map_location="cpu", weights_only=False, pickle_module=_stubbing_pickle)
+    except Exception as error:
+        raise CorruptCheckpointError(fpath, f"{type(error).__name__}: {_first_line(error)}") from error
+
+
+def _first_line(error):
+    text = str(error).strip()
+    return text.splitlines()[0] if text else "no detail"
+
+
+# ---------------------------------------------------------------- resume
+def _epoch_files(fdir):
+    """`model.pth.tar-N` files in `fdir`, newest epoch first."""
+    found = []
+    for name in os.listdir(fdir):
+        match = _EPOCH_FILE.match(name)
+        if match and osp.isfile(osp.join(fdir, name)):
+            found.append((int(match.group(1)), name))
+    return [name for _, name in sorted(found, reverse=True)]
+
+
+def resume_from_checkpoint(fdir, trust=False):
+    """The checkpoint to resume from in folder `fdir`: `(path, state)`, or None if there is none.
+
+    Tries the file named in `fdir/checkpoint` first (Dassl's rule), then the `model.pth.tar-N`
+    files from the highest N down. A missing named file or a corrupt file is reported with a
+    warning naming it and skipped. Raises CorruptCheckpointError if checkpoints exist but none
+    is readable (rather than silently training from scratch over them), and
+    UntrustedCheckpointError as `load_checkpoint` does.
+    """
+    if not osp.isdir(fdir):
+        return None
+    candidates = []
+    pointer = osp.join(fdir, "checkpoint")
+    if osp.isfile(pointer):
+        with open(pointer, encoding="utf-8") as f:
+            named = f.readline().strip()
+        if named and osp.isfile(osp.join(fdir, named)):
+            candidates.append(named)
+        elif named:
+            warnings.warn(f'"{pointer}" names "{named}", which does not exist; '
+                          "looking for the newest model.pth.tar-N instead", stacklevel=2)
+    candidates += [name for name in _epoch_files(fdir) if name not in candidates]
+    if not candidates:
+        return None
+
+    skipped = []
+    for name in candidates:
+        path = osp.join(fdir, name)
+        try:
+            state = load_checkpoint(path, trust=trust)
+        except CorruptCheckpointError as error:
+            warnings.warn(f"Skipping corrupt checkpoint: {error}", stacklevel=2)
+            skipped.append(path)
+            continue
+        if skipped:
+            print(f'Resuming from "{path}" because newer checkpoints are corrupt: {", ".join(skipped)}')
+        return path, state
+    raise CorruptCheckpointError(", ".join(skipped), "every checkpoint in the folder is unreadable; "
+                                 "move the folder away to train from scratch")
+
+
+# ---------------------------------------------------------------- RNG state
+def capture_rng_state():
+    """Generator states of torch (CPU and every CUDA device), numpy's global RNG and `random`.
+
+    Only tensors, ints, floats and tuples, so it can be saved inside a checkpoint and loaded with
+    `torch.load(weights_only=True)`.
+    """
+    np_name, np_keys, np_pos, np_has_gauss, np_cached_gaussian = np.random.get_state()
+    py_version, py_internal, py_gauss_next = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "bit_generator": np_name,
+            "keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "cached_gaussian": float(np_cached_gaussian),
+        },
+        "python": {"version": int(py_version), "internal": tuple(int(x) for x in py_internal),
+                   "gauss_next": py_gauss_next},
+    }
+    if torch.cuda.is_available():
+        state["torch_cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def restore_rng_state(state):
+    """Set the generators from a `capture_rng_state()` dict; libraries absent from it are left as they are."""
+    if "torch" in state:
+        torch.set_rng_state(state["torch"].cpu().to(torch.uint8))
+    if "numpy" in state:
+        s = state["numpy"]
+        keys = np.asarray(s["keys"].cpu().numpy() if isinstance(s["keys"], torch.Tensor) else s["keys"],
+                          dtype=np.uint32)
+        np.random.set_state((s["bit_generator"], keys, int(s["pos"]), int(s["has_gauss"]),
+                             float(s["cached_gaussian"])))
+    if "python" in state:
+        s = state["python"]
+        random.setstate((int(s["version"]), tuple(int(x) for x in s["internal"]), s["gauss_next"]))
+    if "torch_cuda" in state and torch.cuda.is_available():
+        saved = list(state["torch_cuda"])
+        n_devices = torch.cuda.device_count()
+        if len(saved) != n_devices:
+            warnings.warn(f"The RNG state was saved with {len(saved)} CUDA device(s) and this run has "
+                          f"{n_devices}; restoring the first {min(len(saved), n_devices)}", stacklevel=2)
+        for device, s in enumerate(saved[:n_devices]):
+            torch.cuda.set_rng_state(s.cpu().to(torch.uint8), device)
