@@ -1,0 +1,194 @@
+"""The frozen CLIP as prompt learners see it: token embeddings in, EOT features out.
+
+`ClipBackbone` wraps an open_clip `CLIP` and exposes exactly what the CoOp family needs:
+the tokenizer, the token embedding, a text encoder that takes prompt *embeddings* (with
+optional deep prompts per layer), an image encoder that takes optional visual prompts, and
+`logit_scale`. Everything in it is frozen; prompt learners own every learnable tensor.
+
+Why the text encoder accepts sequences shorter than the context length: the text transformer
+is causal, so the feature at the EOT position never depends on positions after it. Feeding
+only the first `max(eot) + 1` positions gives the same EOT features as all 77, several times
+cheaper (prompt templates cut their buffers to that length; see `trainers.prompting`).
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import open_clip
+
+
+class DeepPrompts:
+    """Prompt tokens that replace a slice of the sequence before chosen transformer layers.
+
+    `tokens[i]` is inserted before layer `i + 1` (layer 0 sees the shallow prompts that are
+    part of the input), at sequence positions `[start, start + n)`; `start=None` means the
+    last n positions (where visual prompts sit). A tensor of shape (n, W)
+    is shared by the batch; (B, n, W) is per sample. `gates`, when given, has shape (B, J)
+    with J = len(tokens) and blends per sample: g * new + (1 - g) * carried, so g = 1 is
+    plain insertion and g = 0 keeps the tokens the previous layer produced (MaPLeGated).
+    """
+
+    def __init__(self, tokens, start=None, gates=None):
+        self.tokens = list(tokens)
+        self.start = start
+        self.gates = gates
+
+    def __len__(self):
+        return len(self.tokens)
+
+    def apply(self, x, layer):
+        """Return x with the prompt slice replaced before transformer layer `layer` (>= 1)."""
+        j = layer - 1
+        if j < 0 or j >= len(self.tokens):
+            return x
+        new = self.tokens[j].to(x.dtype)
+        n = new.shape[-2]
+        if new.dim() == 2:
+            new = new.unsqueeze(0).expand(x.shape[0], -1, -1)
+        start = x.shape[1] - n if self.start is None else self.start
+        end = start + n
+        if self.gates is not None:
+            g = self.gates[:, j].to(x.dtype).view(-1, 1, 1)
+            new = g * new + (1 - g) * x[:, start:end]
+        return torch.cat([x[:, :start], new, x[:, end:]], dim=1)
+
+
+class ClipBackbone(nn.Module):
+    """A frozen open_clip CLIP with prompt-learning entry points.
+
+    Attributes:
+        ctx_dim: width of the text transformer (the dimension of prompt token embeddings).
+        vis_dim: width of the vision transformer (None for ResNet towers).
+        embed_dim: dimension of the joint image-text space.
+        context_length: tokenizer context length (77 for CLIP).
+    """
+
+    def __init__(self, clip_model, tokenizer=None):
+        super().__init__()
+        if getattr(clip_model, "text_pool_type", "argmax") not in ("argmax", "eos"):
+            raise ValueError(
+                f"this backbone pools its text features with '{clip_model.text_pool_type}'; "
+                "prompt learning reads the feature at the EOT token, so it needs an open_clip "
+                "model with text_pool_type 'argmax' (every OpenAI-style CLIP)"
+            )
+        self.clip = clip_model
+        for p in self.clip.parameters():
+            p.requires_grad_(False)
+        self.clip.eval()
+        self.tokenizer = tokenizer or open_clip.tokenize
+        self.ctx_dim = clip_model.transformer.width
+        self.context_length = clip_model.context_length
+        visual = clip_model.visual
+        self.is_vit = hasattr(visual, "class_embedding") and hasattr(visual, "conv1")
+        self.vis_dim = visual.transformer.width if self.is_vit else None
+        proj = clip_model.text_projection
+        self.embed_dim = proj.out_features if isinstance(proj, nn.Linear) else proj.shape[1]
+        # The text transformer must be causal for EOT truncation to be exact.
+        self.text_is_causal = clip_model.attn_mask is not None
+
+    def train(self, mode=True):
+        # The backbone is frozen: it stays in eval mode whatever its parent does, so that
+        # dropout or patch-dropout never fires inside a prompt learner's training step.
+        super().train(False)
+        return self
+
+    @property
+    def dtype(self):
+        return self.clip.transformer.get_cast_dtype()
+
+    @property
+    def logit_scale(self):
+        return self.clip.logit_scale
+
+    # ---------------------------------------------------------------- text
+    def tokenize(self, texts):
+        """(N, context_length) token ids; the EOT token has the largest id in each row."""
+        return self.tokenizer(list(texts))
+
+    def token_embedding(self, tokens):
+        return self.clip.token_embedding(tokens).to(self.dtype)
+
+    def eot_positions(self, tokens):
+        """Position of the EOT token in each tokenized prompt (it holds the largest id)."""
+        return tokens.argmax(dim=-1)
+
+    def encode_text(self, prompts, eot_idx, deep_prompts=None):
+        """EOT features of prompt embeddings.
+
+        Args:
+            prompts: (N, L, ctx_dim) token embeddings with L <= context_length; positions
+                after a prompt's EOT may be cut (exact, the transformer is causal).
+            eot_idx: (N,) EOT position of each prompt (< L).
+            deep_prompts: optional `DeepPrompts` replacing prompt tokens before layers >= 1.
+        Returns:
+            (N, embed_dim) text features (not normalised).
+        """
+        L = prompts.shape[1]
+        if L < self.context_length and not self.text_is_causal:
+            raise ValueError("this backbone's text transformer is not causal; feed all "
+                             f"{self.context_length} positions")
+        x = prompts.to(self.dtype) + self.clip.positional_embedding[:L].to(self.dtype)
+        attn_mask = self.clip.attn_mask
+        if attn_mask is not None:
+            attn_mask = attn_mask[:L, :L]
+        for i, block in enumerate(self.clip.transformer.resblocks):
+            if deep_prompts is not None and i > 0:
+                x = deep_prompts.apply(x, i)
+            x = block(x, attn_mask=attn_mask)
+        x = self.clip.ln_final(x)
+        x = x[torch.arange(x.shape[0], device=x.device), eot_idx]
+        proj = self.clip.text_projection
+        return proj(x) if isinstance(proj, nn.Linear) else x @ proj
+
+    def encode_text_tokens(self, tokens):
+        """Plain CLIP text features of token ids, through the same path as prompts."""
+        return self.encode_text(self.token_embedding(tokens), self.eot_positions(tokens))
+
+    # ---------------------------------------------------------------- image
+    def encode_image(self, images, prompts=None, deep_prompts=None):
+        """Image features, optionally with visual prompt tokens (ViT towers only).
+
+        Args:
+            images: (B, 3, H, W).
+            prompts: optional (n, vis_dim) or (B, n, vis_dim) shallow visual prompts, appended
+                after the positional embedding and before `ln_pre` (MaPLe / VPT placement).
+            deep_prompts: optional `DeepPrompts` replacing those n tokens before layers >= 1.
+        """
+        if prompts is None and deep_prompts is None:
+            return self.clip.visual(images.to(self.dtype))
+        if not self.is_vit:
+            raise ValueError("visual prompts need a ViT image tower; this backbone has a ResNet")
+        v = self.clip.visual
+        x = v.conv1(images.to(self.dtype))
+        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+        cls = v.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
+        if prompts is not None:
+            p = prompts.to(x.dtype)
+            if p.dim() == 2:
+                p = p.unsqueeze(0).expand(x.shape[0], -1, -1)
+            x = torch.cat([x, p], dim=1)
+        x = v.patch_dropout(x)
+        x = v.ln_pre(x)
+        for i, block in enumerate(v.transformer.resblocks):
+            if deep_prompts is not None and i > 0:
+                x = deep_prompts.apply(x, i)
+            x = block(x)
+        pooled, _ = v._pool(x)
+        if v.proj is not None:
+            pooled = pooled @ v.proj
+        return pooled
+
+
+def cosine_logits(image_features, text_features, logit_scale):
+    """logit_scale.exp() * cos(image, text).
+
+    text_features is (C, D) for one set of class features, or (B, C, D) for
+    instance-conditioned ones (one set per image); returns (B, C).
+    """
+    image_features = F.normalize(image_features, dim=-1)
+    text_features = F.normalize(text_features, dim=-1)
+    scale = logit_scale.exp()
+    if text_features.dim() == 2:
+        return scale * image_features @ text_features.t()
+    return scale * torch.einsum("bd,bcd->bc", image_features, text_features)
