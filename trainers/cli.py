@@ -1,0 +1,101 @@
+"""Command line: `train.py` (CoOp's flags, unchanged) and the `gatescope` command."""
+import argparse
+import os
+import sys
+
+
+def build_train_parser(prog="train.py"):
+    """CoOp's train.py flags, same names and meaning."""
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("--root", type=str, default="", help="path to dataset")
+    parser.add_argument("--output-dir", type=str, default="", help="output directory")
+    parser.add_argument("--resume", type=str, default="",
+                        help="checkpoint directory (from which the training resumes)")
+    parser.add_argument("--seed", type=int, default=-1, help="only positive value enables a fixed seed")
+    parser.add_argument("--source-domains", type=str, nargs="+", help="source domains for DA/DG")
+    parser.add_argument("--target-domains", type=str, nargs="+", help="target domains for DA/DG")
+    parser.add_argument("--transforms", type=str, nargs="+", help="data augmentation methods")
+    parser.add_argument("--config-file", type=str, default="", help="path to config file")
+    parser.add_argument("--dataset-config-file", type=str, default="",
+                        help="path to config file for dataset setup")
+    parser.add_argument("--trainer", type=str, default="", help="name of trainer")
+    parser.add_argument("--backbone", type=str, default="", help="name of CNN backbone")
+    parser.add_argument("--head", type=str, default="", help="name of head")
+    parser.add_argument("--eval-only", action="store_true", help="evaluation only")
+    parser.add_argument("--model-dir", type=str, default="", help="load model from this directory for eval-only mode")
+    parser.add_argument("--load-epoch", type=int, help="load model weights at this epoch for evaluation")
+    parser.add_argument("--no-train", action="store_true", help="do not call trainer.train()")
+    parser.add_argument("opts", default=None, nargs=argparse.REMAINDER,
+                        help="modify config options using the command-line")
+    return parser
+
+
+def print_args(args, cfg):
+    print("***************")
+    print("** Arguments **")
+    print("***************")
+    for key in sorted(args.__dict__):
+        print(f"{key}: {args.__dict__[key]}")
+    print("************")
+    print("** Config **")
+    print("************")
+    print(cfg)
+
+
+def run_training(args):
+    """CoOp's main(): config, seed, log, trainer, then train / eval-only."""
+    import torch
+
+    import trainers  # noqa: F401  (registers the built-in trainers)
+    from trainers.engine import build_trainer
+    from trainers.engine.utils import collect_env_info, set_random_seed, setup_logger
+
+    cfg = trainers.setup_cfg(args)
+    if cfg.SEED >= 0:
+        print(f"Setting fixed seed: {cfg.SEED}")
+        set_random_seed(cfg.SEED)
+    setup_logger(cfg.OUTPUT_DIR)
+    if torch.cuda.is_available() and cfg.USE_CUDA:
+        torch.backends.cudnn.benchmark = True
+    print_args(args, cfg)
+    print("Collecting env info ...")
+    print(f"** System info **\n{collect_env_info()}\n")
+
+    trainer = build_trainer(cfg)
+    if args.eval_only:
+        trainer.load_model(args.model_dir, epoch=args.load_epoch)
+        trainer.test()
+        return trainer
+    if not args.no_train:
+        trainer.train()
+    return trainer
+
+
+def train_main(argv=None, prog="train.py"):
+    args = build_train_parser(prog).parse_args(argv)
+    run_training(args)
+
+
+COMMANDS = {
+    "train": "train or evaluate a model (the flags of CoOp's train.py)",
+}
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: gatescope COMMAND [ARGS]\n\ncommands:")
+        for name, help_text in COMMANDS.items():
+            print(f"  {name:12s} {help_text}")
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command == "train":
+        train_main(rest, prog="gatescope train")
+        return 0
+    print(f"gatescope: unknown command {command!r}; available: {', '.join(COMMANDS)}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

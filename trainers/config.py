@@ -1,0 +1,85 @@
+"""Config assembly in CoOp's order: defaults, trainers' keys, dataset YAML, method YAML, flags, opts."""
+import os
+
+from yacs.config import CfgNode as CN
+
+from .engine import TRAINER_REGISTRY, get_cfg_default
+
+
+def extend_cfg(cfg):
+    """Add the keys of every registered trainer (CoOp's extend_cfg, without a hand-kept list).
+
+    A trainer contributes keys through an `add_config(cfg)` defined on its own class, so a
+    trainer that subclasses another (CoOpGated from CoOp) adds only what it defines itself.
+    """
+    for name in TRAINER_REGISTRY.registered_names():
+        cls = TRAINER_REGISTRY.get(name)
+        for klass in reversed(cls.__mro__):
+            add = klass.__dict__.get("add_config")
+            if add is not None:
+                try:
+                    add.__func__(cfg)
+                except NotImplementedError:
+                    pass
+    if "SUBSAMPLE_CLASSES" not in cfg.DATASET:  # Dassl's own defaults lack CoOp's key
+        cfg.DATASET.SUBSAMPLE_CLASSES = "all"
+    return cfg
+
+
+def merge_from_file(cfg, path):
+    """Merge a YAML file, naming the file in any error (yacs only names the key)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'config file "{path}" does not exist')
+    try:
+        cfg.merge_from_file(path)
+    except (KeyError, ValueError, TypeError, AssertionError) as e:
+        raise type(e)(f"{e} (in config file {path})") from e
+
+
+def merge_from_list(cfg, opts):
+    if len(opts) % 2:
+        raise ValueError(f"trailing options must be KEY VALUE pairs, got an odd number: {opts}")
+    try:
+        cfg.merge_from_list(list(opts))
+    except (KeyError, ValueError, TypeError, AssertionError) as e:
+        raise type(e)(f"{e} (in the command-line options)") from e
+
+
+def reset_cfg(cfg, args):
+    """Command-line flags override the YAML files (CoOp's reset_cfg)."""
+    if args.root:
+        cfg.DATASET.ROOT = args.root
+    if args.output_dir:
+        cfg.OUTPUT_DIR = args.output_dir
+    if args.resume:
+        cfg.RESUME = args.resume
+    if args.seed:
+        cfg.SEED = args.seed
+    if args.source_domains:
+        cfg.DATASET.SOURCE_DOMAINS = args.source_domains
+    if args.target_domains:
+        cfg.DATASET.TARGET_DOMAINS = args.target_domains
+    if args.transforms:
+        cfg.INPUT.TRANSFORMS = args.transforms
+    if args.trainer:
+        cfg.TRAINER.NAME = args.trainer
+    if args.backbone:
+        cfg.MODEL.BACKBONE.NAME = args.backbone
+    if args.head:
+        cfg.MODEL.HEAD.NAME = args.head
+
+
+def setup_cfg(args):
+    cfg = get_cfg_default()
+    extend_cfg(cfg)
+    if args.dataset_config_file:
+        merge_from_file(cfg, args.dataset_config_file)
+    if args.config_file:
+        merge_from_file(cfg, args.config_file)
+    reset_cfg(cfg, args)
+    merge_from_list(cfg, args.opts)
+    cfg.freeze()
+    return cfg
+
+
+__all__ = ["CN", "extend_cfg", "setup_cfg", "reset_cfg", "merge_from_file", "merge_from_list"]

@@ -1,0 +1,415 @@
+"""Dassl's trainer classes: `TrainerBase` -> `SimpleTrainer` -> `TrainerX`, same names and order.
+
+The lifecycle, as Dassl runs it (and as every gatescope trainer runs it)::
+
+    trainer.train():
+        before_train()                      # resume from OUTPUT_DIR / RESUME, open TensorBoard
+        for epoch in range(start_epoch, max_epoch):
+            before_epoch()
+            run_epoch()                     # per batch: forward_backward(batch)
+            after_epoch()                   # val test (best_val), checkpoints
+        after_train()                       # "Finish training", final test()
+
+Differences from Dassl, each fixing something its users hit:
+- the scheduler is bound to the live optimizer after a resume (Dassl's keeps driving a stale
+  copy, so the learning rate stops changing), and RNG states and the best validation result are
+  checkpointed, so a resumed run continues exactly where the interrupted one stopped;
+- checkpoints are written atomically and loaded with `weights_only=True`.
+"""
+import datetime
+import os.path as osp
+import time
+from collections import OrderedDict
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from .checkpoint import capture_rng_state, load_checkpoint, resume_from_checkpoint, restore_rng_state, save_checkpoint
+from .evaluator import build_evaluator
+from .registry import Registry
+from .utils import AverageMeter, MetricMeter, mkdir_if_missing
+
+TRAINER_REGISTRY = Registry("TRAINER")
+
+
+def build_trainer(cfg):
+    """Instantiate the trainer named by `cfg.TRAINER.NAME` (errors list the available ones)."""
+    avai_trainers = TRAINER_REGISTRY.registered_names()
+    if cfg.TRAINER.NAME not in avai_trainers:
+        raise KeyError(
+            f'Unknown trainer "{cfg.TRAINER.NAME}" (from --trainer or TRAINER.NAME). '
+            f"Available trainers: {', '.join(sorted(avai_trainers))}"
+        )
+    if cfg.VERBOSE:
+        print(f"Loading trainer: {cfg.TRAINER.NAME}")
+    return TRAINER_REGISTRY.get(cfg.TRAINER.NAME)(cfg)
+
+
+class TrainerBase:
+    """Model bookkeeping (register, save, load, modes) and the epoch loop skeleton."""
+
+    def __init__(self):
+        self._models = OrderedDict()
+        self._optims = OrderedDict()
+        self._scheds = OrderedDict()
+        self._writer = None
+
+    # ------------------------------------------------------------ models
+    def register_model(self, name="model", model=None, optim=None, sched=None):
+        if self.__dict__.get("_models") is None:
+            raise AttributeError("Cannot assign model before super().__init__() call")
+        if name in self._models:
+            raise KeyError(f'A model named "{name}" is already registered')
+        self._models[name] = model
+        self._optims[name] = optim
+        self._scheds[name] = sched
+
+    def get_model_names(self, names=None):
+        names_real = list(self._models.keys())
+        if names is None:
+            return names_real
+        names = [names] if isinstance(names, str) else list(names)
+        for name in names:
+            if name not in names_real:
+                raise KeyError(f'No registered model "{name}"; registered: {names_real}')
+        return names
+
+    def model_state_dict(self, name):
+        """What a checkpoint stores for model `name` (subclasses save learnable parts only)."""
+        return self._models[name].state_dict()
+
+    def load_model_state_dict(self, name, state_dict):
+        self._models[name].load_state_dict(state_dict)
+
+    def training_state(self):
+        """Extra state saved with every checkpoint so that a resume continues exactly."""
+        return {"rng_state": capture_rng_state(), "best_result": float(getattr(self, "best_result", -np.inf))}
+
+    def load_training_state(self, state):
+        if "rng_state" in state:
+            restore_rng_state(state["rng_state"])
+        if "best_result" in state:
+            self.best_result = state["best_result"]
+
+    def save_model(self, epoch, directory, is_best=False, val_result=None, model_name=""):
+        extra = self.training_state()
+        for name in self.get_model_names():
+            optim, sched = self._optims[name], self._scheds[name]
+            save_checkpoint(
+                {
+                    "state_dict": self.model_state_dict(name),
+                    "epoch": epoch + 1,
+                    "optimizer": optim.state_dict() if optim is not None else None,
+                    "scheduler": sched.state_dict() if sched is not None else None,
+                    "val_result": val_result,
+                    **extra,
+                },
+                osp.join(directory, name),
+                is_best=is_best,
+                model_name=model_name,
+            )
+
+    def resume_model_if_exist(self, directory):
+        names = self.get_model_names()
+        if not all(osp.exists(osp.join(directory, name)) for name in names):
+            print("No checkpoint found, train from scratch")
+            return 0
+        found = {name: resume_from_checkpoint(osp.join(directory, name)) for name in names}
+        if any(v is None for v in found.values()):
+            print("No checkpoint found, train from scratch")
+            return 0
+        print(f"Found checkpoint at {directory} (will resume training)")
+        start_epoch = 0
+        for name, (path, state) in found.items():
+            print(f'Loading checkpoint from "{path}"')
+            self.load_model_state_dict(name, state["state_dict"])
+            if self._optims[name] is not None and state.get("optimizer") is not None:
+                self._optims[name].load_state_dict(state["optimizer"])
+            if self._scheds[name] is not None and state.get("scheduler") is not None:
+                self._scheds[name].load_state_dict(state["scheduler"])
+            start_epoch = state["epoch"]
+            print(f"Previous epoch: {start_epoch}")
+        # RNG last: nothing after this point may draw random numbers before training resumes.
+        self.load_training_state(state)
+        return start_epoch
+
+    def load_model(self, directory, epoch=None):
+        """Load weights for evaluation from `directory/<name>/model-best.pth.tar` (or epoch N)."""
+        if not directory:
+            print("Note that load_model() is skipped as no pretrained model is given")
+            return
+        model_file = "model-best.pth.tar" if epoch is None else f"model.pth.tar-{epoch}"
+        for name in self.get_model_names():
+            model_path = osp.join(directory, name, model_file)
+            if not osp.exists(model_path):
+                raise FileNotFoundError(
+                    f'Model not found at "{model_path}" (expected <model-dir>/{name}/{model_file}; '
+                    "check --model-dir and --load-epoch)"
+                )
+            checkpoint = load_checkpoint(model_path)
+            print(f'Loading weights to {name} from "{model_path}" (epoch = {checkpoint["epoch"]})')
+            self.load_model_state_dict(name, checkpoint["state_dict"])
+
+    def set_model_mode(self, mode="train", names=None):
+        for name in self.get_model_names(names):
+            if mode == "train":
+                self._models[name].train()
+            elif mode in ("test", "eval"):
+                self._models[name].eval()
+            else:
+                raise KeyError(f"mode must be train, test or eval, got {mode!r}")
+
+    def update_lr(self, names=None):
+        for name in self.get_model_names(names):
+            if self._scheds[name] is not None:
+                self._scheds[name].step()
+
+    def detect_anomaly(self, loss):
+        if not torch.isfinite(loss).all():
+            raise FloatingPointError(f"Loss is infinite or NaN at epoch {getattr(self, 'epoch', '?')} "
+                                     f"batch {getattr(self, 'batch_idx', '?')}")
+
+    # ------------------------------------------------------------ TensorBoard
+    def init_writer(self, log_dir):
+        if self.__dict__.get("_writer") is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            print(f"Initialize tensorboard (log_dir={log_dir})")
+            self._writer = SummaryWriter(log_dir=log_dir)
+
+    def close_writer(self):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def write_scalar(self, tag, scalar_value, global_step=None):
+        if self._writer is not None:
+            self._writer.add_scalar(tag, scalar_value, global_step)
+
+    # ------------------------------------------------------------ loop
+    def train(self, start_epoch, max_epoch):
+        self.start_epoch = start_epoch
+        self.max_epoch = max_epoch
+        self.before_train()
+        for self.epoch in range(self.start_epoch, self.max_epoch):
+            self.before_epoch()
+            self.run_epoch()
+            self.after_epoch()
+        self.after_train()
+
+    def before_train(self):
+        pass
+
+    def after_train(self):
+        pass
+
+    def before_epoch(self):
+        pass
+
+    def after_epoch(self):
+        pass
+
+    def run_epoch(self):
+        raise NotImplementedError
+
+    def test(self):
+        raise NotImplementedError
+
+    def parse_batch_train(self, batch):
+        raise NotImplementedError
+
+    def parse_batch_test(self, batch):
+        raise NotImplementedError
+
+    def forward_backward(self, batch):
+        raise NotImplementedError
+
+    def model_inference(self, input):
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ steps
+    def model_zero_grad(self, names=None):
+        for name in self.get_model_names(names):
+            if self._optims[name] is not None:
+                self._optims[name].zero_grad()
+
+    def model_backward(self, loss):
+        self.detect_anomaly(loss)
+        loss.backward()
+
+    def model_update(self, names=None):
+        for name in self.get_model_names(names):
+            if self._optims[name] is not None:
+                self._optims[name].step()
+
+    def model_backward_and_update(self, loss, names=None):
+        self.model_zero_grad(names)
+        self.model_backward(loss)
+        self.after_backward()
+        self.model_update(names)
+        self.after_step()
+
+    # Per-step lifecycle points: gradients are present and unscaled in after_backward (before
+    # the optimizer step); after_step follows the step. Plugins listen here (gates issue).
+    def after_backward(self):
+        pass
+
+    def after_step(self):
+        pass
+
+
+class SimpleTrainer(TrainerBase):
+    """A trainer with data, a model, an evaluator and Dassl's default lifecycle methods."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.check_cfg(cfg)
+        if torch.cuda.is_available() and cfg.USE_CUDA:
+            self.device = torch.device("cuda")
+        else:
+            self.device = torch.device("cpu")
+        self.start_epoch = self.epoch = 0
+        self.max_epoch = cfg.OPTIM.MAX_EPOCH
+        self.output_dir = cfg.OUTPUT_DIR
+        self.cfg = cfg
+        self.build_data_loader()
+        self.build_model()
+        self.evaluator = build_evaluator(cfg, lab2cname=self.lab2cname)
+        self.best_result = -np.inf
+
+    def check_cfg(self, cfg):
+        """Check whether some variables are set correctly for the trainer (subclasses)."""
+        pass
+
+    def build_data_loader(self):
+        from ..data import DataManager
+
+        dm = DataManager(self.cfg)
+        self.train_loader_x = dm.train_loader_x
+        self.train_loader_u = dm.train_loader_u
+        self.val_loader = dm.val_loader
+        self.test_loader = dm.test_loader
+        self.num_classes = dm.num_classes
+        self.num_source_domains = dm.num_source_domains
+        self.lab2cname = dm.lab2cname
+        self.dm = dm
+
+    def build_model(self):
+        raise NotImplementedError("a SimpleTrainer subclass must build its model")
+
+    def train(self):
+        super().train(self.start_epoch, self.max_epoch)
+
+    def before_train(self):
+        directory = self.cfg.OUTPUT_DIR
+        if self.cfg.RESUME:
+            directory = self.cfg.RESUME
+        self.start_epoch = self.resume_model_if_exist(directory)
+        writer_dir = osp.join(self.output_dir, "tensorboard")
+        mkdir_if_missing(writer_dir)
+        self.init_writer(writer_dir)
+        self.time_start = time.time()
+
+    def after_train(self):
+        print("Finish training")
+        if not self.cfg.TEST.NO_TEST:
+            if self.cfg.TEST.FINAL_MODEL == "best_val":
+                print("Deploy the model with the best val performance")
+                self.load_model(self.output_dir)
+            else:
+                print("Deploy the last-epoch model")
+            self.test()
+        elapsed = str(datetime.timedelta(seconds=round(time.time() - self.time_start)))
+        print(f"Elapsed: {elapsed}")
+        self.close_writer()
+
+    def after_epoch(self):
+        last_epoch = (self.epoch + 1) == self.max_epoch
+        do_test = not self.cfg.TEST.NO_TEST
+        freq = self.cfg.TRAIN.CHECKPOINT_FREQ
+        meet_checkpoint_freq = (self.epoch + 1) % freq == 0 if freq > 0 else False
+        if do_test and self.cfg.TEST.FINAL_MODEL == "best_val":
+            curr_result = self.test(split="val")
+            is_best = curr_result > self.best_result
+            if is_best:
+                self.best_result = curr_result
+                self.save_model(self.epoch, self.output_dir, val_result=curr_result,
+                                model_name="model-best.pth.tar")
+        if meet_checkpoint_freq or last_epoch:
+            self.save_model(self.epoch, self.output_dir)
+
+    @torch.no_grad()
+    def test(self, split=None):
+        self.set_model_mode("eval")
+        self.evaluator.reset()
+        if split is None:
+            split = self.cfg.TEST.SPLIT
+        if split == "val" and self.val_loader is not None:
+            data_loader = self.val_loader
+        else:
+            split = "test"
+            data_loader = self.test_loader
+        print(f"Evaluate on the *{split}* set")
+        for batch in tqdm(data_loader, disable=not self.cfg.VERBOSE):
+            input, label = self.parse_batch_test(batch)
+            output = self.model_inference(input)
+            self.evaluator.process(output, label)
+        results = self.evaluator.evaluate()
+        for k, v in results.items():
+            self.write_scalar(f"{split}/{k}", v, self.epoch)
+        return list(results.values())[0]
+
+    def model_inference(self, input):
+        return self.model(input)
+
+    def parse_batch_test(self, batch):
+        return batch["img"].to(self.device), batch["label"].to(self.device)
+
+    def get_current_lr(self, names=None):
+        name = self.get_model_names(names)[0]
+        return self._optims[name].param_groups[0]["lr"]
+
+
+class TrainerX(SimpleTrainer):
+    """A trainer with one labelled training loader (`train_loader_x`)."""
+
+    def run_epoch(self):
+        self.set_model_mode("train")
+        losses = MetricMeter()
+        batch_time = AverageMeter()
+        data_time = AverageMeter()
+        self.num_batches = len(self.train_loader_x)
+        end = time.time()
+        for self.batch_idx, batch in enumerate(self.train_loader_x):
+            data_time.update(time.time() - end)
+            loss_summary = self.forward_backward(batch)
+            batch_time.update(time.time() - end)
+            losses.update(loss_summary)
+
+            meet_freq = (self.batch_idx + 1) % self.cfg.TRAIN.PRINT_FREQ == 0
+            only_few_batches = self.num_batches < self.cfg.TRAIN.PRINT_FREQ
+            if meet_freq or only_few_batches:
+                nb_remain = self.num_batches - self.batch_idx - 1
+                nb_remain += (self.max_epoch - self.epoch - 1) * self.num_batches
+                eta = str(datetime.timedelta(seconds=int(batch_time.avg * nb_remain)))
+                info = [
+                    f"epoch [{self.epoch + 1}/{self.max_epoch}]",
+                    f"batch [{self.batch_idx + 1}/{self.num_batches}]",
+                    f"time {batch_time.val:.3f} ({batch_time.avg:.3f})",
+                    f"data {data_time.val:.3f} ({data_time.avg:.3f})",
+                    f"{losses}",
+                    f"lr {self.get_current_lr():.4e}",
+                    f"eta {eta}",
+                ]
+                print(" ".join(info))
+
+            n_iter = self.epoch * self.num_batches + self.batch_idx
+            for name, meter in losses.meters.items():
+                self.write_scalar("train/" + name, meter.avg, n_iter)
+            self.write_scalar("train/lr", self.get_current_lr(), n_iter)
+            end = time.time()
+
+    def parse_batch_train(self, batch):
+        return batch["img"].to(self.device), batch["label"].to(self.device)

@@ -1,0 +1,164 @@
+"""What every CoOp-family trainer shares, so that each method's file holds only its model.
+
+`PromptTrainer` builds the frozen backbone, asks the subclass for its CLIP wrapper
+(`build_custom_clip`), puts every learnable tensor into an explicitly named optimizer
+parameter group, and runs the training step: forward, named loss terms, backward, the
+`after_backward` point (gradients present and unscaled), the optimizer step, `after_step`.
+Checkpoints hold the registered prompt learner's state only (never the frozen CLIP).
+"""
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from .backbone import build_backbone
+from .engine import TrainerX, build_lr_scheduler, build_optimizer
+from .engine.evaluator import compute_accuracy
+
+PRECISIONS = ("fp16", "fp32", "amp")
+# Buffers that CoOp's prompt learner saved in its checkpoints; they are rebuilt from the
+# classnames, so loading an original CoOp checkpoint drops them (as CoOp's load_model does).
+REBUILT_BUFFERS = ("token_prefix", "token_suffix")
+
+
+class PromptTrainer(TrainerX):
+    """Base class of the CoOp-family trainers.
+
+    Subclasses set `CFG_NODE` (their node under TRAINER, e.g. "COOP"), implement
+    `add_config(cfg)` and `build_custom_clip(cfg, classnames, backbone)`; the returned module
+    has a `prompt_learner` holding every learnable tensor and maps images to logits.
+    """
+
+    CFG_NODE = None
+    MODEL_NAME = "prompt_learner"
+
+    @staticmethod
+    def add_config(cfg):
+        raise NotImplementedError
+
+    def build_custom_clip(self, cfg, classnames, backbone):
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ config
+    @property
+    def method_cfg(self):
+        return self.cfg.TRAINER[self.CFG_NODE]
+
+    def check_cfg(self, cfg):
+        prec = cfg.TRAINER[self.CFG_NODE].PREC
+        if prec not in PRECISIONS:
+            raise ValueError(f"TRAINER.{self.CFG_NODE}.PREC must be one of {PRECISIONS}, got {prec!r}")
+
+    def resolve_precision(self):
+        """fp16 and amp need a GPU; on the CPU they fall back to fp32 with a warning."""
+        prec = self.method_cfg.PREC
+        if prec in ("fp16", "amp") and self.device.type != "cuda":
+            warnings.warn(f"TRAINER.{self.CFG_NODE}.PREC {prec} needs a GPU; running in fp32 on the CPU",
+                          stacklevel=2)
+            print(f"Warning: TRAINER.{self.CFG_NODE}.PREC {prec} needs a GPU; running in fp32 on the CPU")
+            return "fp32"
+        return prec
+
+    # ------------------------------------------------------------ model
+    def build_model(self):
+        cfg = self.cfg
+        self.prec = self.resolve_precision()
+        classnames = self.dm.dataset.classnames
+        print(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")
+        backbone = build_backbone(cfg)
+        if self.prec == "fp16":
+            backbone.half()
+        print("Building custom CLIP")
+        self.model = self.build_custom_clip(cfg, classnames, backbone)
+        print("Turning off gradients in both the image and the text encoder")
+        self.model.to(self.device)
+        groups = self.param_groups()
+        check_param_groups(self.model, groups)
+        for group in groups:
+            n = sum(p.numel() for p in group["params"])
+            print(f"Parameter group '{group['name']}': {n:,} learnable values")
+        self.optim = build_optimizer(groups, cfg.OPTIM)
+        self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
+        self.register_model(self.MODEL_NAME, self.model.prompt_learner, self.optim, self.sched)
+        self.scaler = torch.amp.GradScaler("cuda") if self.prec == "amp" else None
+
+    def param_groups(self):
+        """Learnable tensors in named groups; the default puts all of them in "prompt"."""
+        return [{"name": "prompt", "params": [p for p in self.model.prompt_learner.parameters()
+                                              if p.requires_grad]}]
+
+    # ------------------------------------------------------------ training step
+    def compute_losses(self, output, label):
+        """Named loss terms; their sum is minimised. Subclasses add auxiliary terms."""
+        return {"ce": F.cross_entropy(output, label)}
+
+    def forward_backward(self, batch):
+        image, label = self.parse_batch_train(batch)
+        with torch.autocast(device_type=self.device.type, enabled=self.prec == "amp"):
+            output = self.model(image)
+            losses = self.compute_losses(output, label)
+            loss = sum(losses.values())
+        self.backward_and_step(loss)
+        summary = {"loss": loss.item(), "acc": compute_accuracy(output, label)[0].item()}
+        if len(losses) > 1:
+            summary.update({name: value.item() for name, value in losses.items()})
+        if (self.batch_idx + 1) == self.num_batches:
+            self.update_lr()
+        return summary
+
+    def backward_and_step(self, loss):
+        self.detect_anomaly(loss)
+        self.optim.zero_grad()
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optim)
+        else:
+            loss.backward()
+        self.after_backward()
+        if self.scaler is not None:
+            self.scaler.step(self.optim)
+            self.scaler.update()
+        else:
+            self.optim.step()
+        self.after_step()
+
+    # Lifecycle points of one step (also defined here so they exist on Dassl's engine).
+    def after_backward(self):
+        pass
+
+    def after_step(self):
+        pass
+
+    # ------------------------------------------------------------ checkpoints
+    def load_model_state_dict(self, name, state_dict):
+        """Load learnable state, tolerating CoOp's saved prompt buffers; say what does not fit."""
+        state_dict = {k: v for k, v in state_dict.items() if k not in REBUILT_BUFFERS}
+        module = self._models[name]
+        own = module.state_dict()
+        missing = sorted(set(own) - set(state_dict))
+        unexpected = sorted(set(state_dict) - set(own))
+        wrong_shape = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+                       for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
+        if missing or unexpected or wrong_shape:
+            raise ValueError(
+                f"the checkpoint for '{name}' does not fit trainer {self.cfg.TRAINER.NAME} with "
+                f"backbone {self.cfg.MODEL.BACKBONE.NAME} and {self.num_classes} classes "
+                f"(missing: {missing}, unexpected: {unexpected}, shape mismatch: {wrong_shape}); "
+                "was it made for another trainer, backbone, N_CTX or class count?"
+            )
+        module.load_state_dict(state_dict)
+
+
+def check_param_groups(model, groups):
+    """Every learnable tensor of `model` sits in exactly one group; nothing frozen is in one."""
+    seen = {}
+    for group in groups:
+        for p in group["params"]:
+            if id(p) in seen:
+                raise ValueError(f"a tensor is in both parameter groups '{seen[id(p)]}' and '{group['name']}'")
+            if not p.requires_grad:
+                raise ValueError(f"parameter group '{group['name']}' holds a frozen tensor")
+            seen[id(p)] = group["name"]
+    left_out = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in seen]
+    if left_out:
+        raise ValueError(f"learnable tensors in no optimizer parameter group: {left_out}")
