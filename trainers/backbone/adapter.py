@@ -53,6 +53,27 @@ class DeepPrompts:
         return torch.cat([x[:, :start], new, x[:, end:]], dim=1)
 
 
+def encode_text_embeddings(clip, x, eot_idx, deep_prompts=None):
+    """open_clip's text tower from token embeddings (N, L, W), L <= context length, to EOT features.
+
+    Shared by the frozen adapter and by the demo weights' pretraining, so both run exactly the
+    same computation.
+    """
+    L = x.shape[1]
+    x = x + clip.positional_embedding[:L].to(x.dtype)
+    attn_mask = clip.attn_mask
+    if attn_mask is not None:
+        attn_mask = attn_mask[:L, :L]
+    for i, block in enumerate(clip.transformer.resblocks):
+        if deep_prompts is not None and i > 0:
+            x = deep_prompts.apply(x, i)
+        x = block(x, attn_mask=attn_mask)
+    x = clip.ln_final(x)
+    x = x[torch.arange(x.shape[0], device=x.device), eot_idx]
+    proj = clip.text_projection
+    return proj(x) if isinstance(proj, nn.Linear) else x @ proj
+
+
 class ClipBackbone(nn.Module):
     """A frozen open_clip CLIP with prompt-learning entry points.
 
@@ -123,22 +144,10 @@ class ClipBackbone(nn.Module):
         Returns:
             (N, embed_dim) text features (not normalised).
         """
-        L = prompts.shape[1]
-        if L < self.context_length and not self.text_is_causal:
+        if prompts.shape[1] < self.context_length and not self.text_is_causal:
             raise ValueError("this backbone's text transformer is not causal; feed all "
                              f"{self.context_length} positions")
-        x = prompts.to(self.dtype) + self.clip.positional_embedding[:L].to(self.dtype)
-        attn_mask = self.clip.attn_mask
-        if attn_mask is not None:
-            attn_mask = attn_mask[:L, :L]
-        for i, block in enumerate(self.clip.transformer.resblocks):
-            if deep_prompts is not None and i > 0:
-                x = deep_prompts.apply(x, i)
-            x = block(x, attn_mask=attn_mask)
-        x = self.clip.ln_final(x)
-        x = x[torch.arange(x.shape[0], device=x.device), eot_idx]
-        proj = self.clip.text_projection
-        return proj(x) if isinstance(proj, nn.Linear) else x @ proj
+        return encode_text_embeddings(self.clip, prompts.to(self.dtype), eot_idx, deep_prompts)
 
     def encode_text_tokens(self, tokens):
         """Plain CLIP text features of token ids, through the same path as prompts."""

@@ -12,7 +12,9 @@ Weights (`pretrained`):
                            GATESCOPE_CLIP_CACHE), is used first, since every CoOp user has it;
   a file                   .pt/.pth/.bin/.safetensors holding an open_clip state dict, an
                            OpenAI-format state dict, or an OpenAI TorchScript archive;
-  "local-dir:FOLDER"       a folder with open_clip_config.json and weights, as open_clip reads it.
+  "local-dir:FOLDER"       a folder with open_clip_config.json and weights, as open_clip reads it;
+  "gatescope-demo"         for `gatescope-tiny` only: weights pretrained locally on generated
+                           shape images (demo_weights.py), cached after the first use.
 
 Activation: OpenAI's CLIPs were trained with QuickGELU, x * sigmoid(1.702 x). Their weights in
 a plain-GELU architecture load without any error and give silently worse features, so the
@@ -35,6 +37,8 @@ import torch
 
 import open_clip
 from open_clip.model import CLIP
+
+from .demo_weights import DEMO_WEIGHTS_TAG, ensure_demo_weights
 
 logger = logging.getLogger(__name__)
 
@@ -377,6 +381,13 @@ def _load_named(name, arch, pretrained):
         quick_gelu = is_coop_name(name)
         arch, force = _with_activation(arch, quick_gelu)
         return _fresh_model(arch, force)
+
+    if pretrained.lower() == DEMO_WEIGHTS_TAG:
+        # Our own tag: weights pretrained locally on generated shapes (see demo_weights.py).
+        if arch != TINY_MODEL_NAME:
+            raise ValueError(f"MODEL.BACKBONE.PRETRAINED '{DEMO_WEIGHTS_TAG}' exists only for "
+                             f"MODEL.BACKBONE.NAME '{TINY_MODEL_NAME}', not '{name}'.")
+        return _load_from_file(name, arch, Path(ensure_demo_weights()))
 
     # A tag wins over a same-named file in the working directory, as in open_clip.
     if not _looks_like_path(pretrained):
