@@ -2,7 +2,7 @@
 
 Importing this package registers the built-in trainers in TRAINER_REGISTRY.
 """
-from . import coop  # noqa: F401  (registers CoOp)
+from . import bidir_maple, cocoop, coop, ivlp, maple, vpt  # noqa: F401  (register the trainers)
 from .config import extend_cfg, setup_cfg
 
 __all__ = ["extend_cfg", "setup_cfg"]

@@ -13,6 +13,7 @@ cheaper (prompt templates cut their buffers to that length; see `trainers.prompt
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 import open_clip
 
@@ -35,6 +36,12 @@ class DeepPrompts:
 
     def __len__(self):
         return len(self.tokens)
+
+    def select(self, rows):
+        """The same insertion for a subset of the batch (per-sample tokens and gates are sliced)."""
+        tokens = [t[rows] if t.dim() == 3 else t for t in self.tokens]
+        gates = self.gates[rows] if self.gates is not None else None
+        return DeepPrompts(tokens, self.start, gates)
 
     def apply(self, x, layer):
         """Return x with the prompt slice replaced before transformer layer `layer` (>= 1)."""
@@ -133,7 +140,7 @@ class ClipBackbone(nn.Module):
         """Position of the EOT token in each tokenized prompt (it holds the largest id)."""
         return tokens.argmax(dim=-1)
 
-    def encode_text(self, prompts, eot_idx, deep_prompts=None):
+    def encode_text(self, prompts, eot_idx, deep_prompts=None, max_prompts=None):
         """EOT features of prompt embeddings.
 
         Args:
@@ -141,13 +148,39 @@ class ClipBackbone(nn.Module):
                 after a prompt's EOT may be cut (exact, the transformer is causal).
             eot_idx: (N,) EOT position of each prompt (< L).
             deep_prompts: optional `DeepPrompts` replacing prompt tokens before layers >= 1.
+            max_prompts: encode at most this many prompts at a time. With gradients on, each
+                chunk is recomputed in the backward pass instead of kept (activation
+                checkpointing), so the memory held is one chunk's, and results are unchanged.
         Returns:
             (N, embed_dim) text features (not normalised).
         """
         if prompts.shape[1] < self.context_length and not self.text_is_causal:
             raise ValueError("this backbone's text transformer is not causal; feed all "
                              f"{self.context_length} positions")
-        return encode_text_embeddings(self.clip, prompts.to(self.dtype), eot_idx, deep_prompts)
+        prompts = prompts.to(self.dtype)
+        n = prompts.shape[0]
+        if max_prompts is None or n <= max_prompts:
+            return encode_text_embeddings(self.clip, prompts, eot_idx, deep_prompts)
+        outputs = []
+        for start in range(0, n, max_prompts):
+            rows = slice(start, start + max_prompts)
+            deep = deep_prompts.select(rows) if deep_prompts is not None else None
+
+            def encode_chunk(x, eot, _deep=deep):
+                return encode_text_embeddings(self.clip, x, eot, _deep)
+            if torch.is_grad_enabled():
+                outputs.append(checkpoint(encode_chunk, prompts[rows], eot_idx[rows], use_reentrant=False))
+            else:
+                outputs.append(encode_chunk(prompts[rows], eot_idx[rows]))
+        return torch.cat(outputs)
+
+    def text_bytes_per_prompt(self, seq_len):
+        """Rough activation memory of encoding one prompt of `seq_len` tokens with gradients:
+        per layer about 24 width-sized vectors per token plus the attention maps."""
+        blocks = self.clip.transformer.resblocks
+        heads = blocks[0].attn.num_heads
+        elt = torch.finfo(self.dtype).bits // 8
+        return len(blocks) * (seq_len * self.ctx_dim * 24 + heads * seq_len * seq_len * 2) * elt
 
     def encode_text_tokens(self, tokens):
         """Plain CLIP text features of token ids, through the same path as prompts."""

@@ -1,0 +1,65 @@
+"""MaPLe (Khattak et al., CVPR 2023): multi-modal prompts coupled from language to vision.
+
+Text prompts as CoOp (`ctx`); the shallow visual prompt is `proj(ctx)`; layers 1..J-1 of both
+towers replace their prompt tokens with new learnable text prompts `compound_prompts_text[j]`
+and their projections `compound_prompt_projections[j](...)` into the vision width. Keys
+`TRAINER.MAPLE.{N_CTX, CTX_INIT, PREC, PROMPT_DEPTH}`; parameter names follow MaPLe's so its
+released checkpoints load. Unlike the original: any precision, any open_clip ViT width, each
+projection initialised independently, and only learnable tensors in checkpoints.
+"""
+import torch.nn as nn
+from yacs.config import CfgNode as CN
+
+from .deep_prompting import DeepPromptCLIP, Prompts, check_depth, maple_context, n_layers, prompt_tokens
+from .engine import TRAINER_REGISTRY
+from .prompt_trainer import PromptTrainer
+from .prompting import ClassPromptTemplate
+
+
+class MaPLePromptLearner(nn.Module):
+    def __init__(self, backbone, classnames, n_ctx, ctx_init, depth):
+        super().__init__()
+        if not backbone.is_vit:
+            raise ValueError("MaPLe prompts the vision transformer; use a ViT backbone (e.g. ViT-B/16)")
+        text_layers, vision_layers = n_layers(backbone)
+        check_depth(depth, min(text_layers, vision_layers), "TRAINER.MAPLE.PROMPT_DEPTH")
+        if depth < 1:
+            raise ValueError("TRAINER.MAPLE.PROMPT_DEPTH must be >= 1 (1 = shallow prompts only)")
+        ctx_vectors, prompt_prefix = maple_context(backbone, n_ctx, ctx_init)
+        print(f'Initial context: "{prompt_prefix}"')
+        print(f"Number of MaPLe context words (tokens): {n_ctx}")
+        self.ctx = nn.Parameter(ctx_vectors)
+        self.proj = nn.Linear(backbone.ctx_dim, backbone.vis_dim, dtype=backbone.dtype)
+        self.compound_prompts_text = prompt_tokens(depth - 1, n_ctx, backbone.ctx_dim, backbone.dtype)
+        self.compound_prompt_projections = nn.ModuleList(
+            nn.Linear(backbone.ctx_dim, backbone.vis_dim, dtype=backbone.dtype) for _ in range(depth - 1))
+        self.template = ClassPromptTemplate(backbone, classnames, n_ctx, prompt_prefix)
+
+    def coupled(self):
+        """Text prompts and the visual prompts coupled from them, depth 0 first."""
+        text = [self.ctx, *self.compound_prompts_text]
+        vision = [self.proj(self.ctx)] + [f(t) for f, t in zip(self.compound_prompt_projections,
+                                                                 self.compound_prompts_text)]
+        return text, vision
+
+    def forward(self):
+        text, vision = self.coupled()
+        return Prompts(text=self.template(text[0]), text_deep=text[1:], vision=vision[0], vision_deep=vision[1:])
+
+
+@TRAINER_REGISTRY.register()
+class MaPLe(PromptTrainer):
+    CFG_NODE = "MAPLE"
+
+    @staticmethod
+    def add_config(cfg):
+        cfg.TRAINER.MAPLE = CN()
+        cfg.TRAINER.MAPLE.N_CTX = 2  # number of context vectors
+        cfg.TRAINER.MAPLE.CTX_INIT = "a photo of a"  # initialization words
+        cfg.TRAINER.MAPLE.PREC = "fp16"  # fp16, fp32, amp
+        cfg.TRAINER.MAPLE.PROMPT_DEPTH = 9  # max 12, min 1; 1 = shallow prompts only
+
+    def build_custom_clip(self, cfg, classnames, backbone):
+        c = cfg.TRAINER.MAPLE
+        return DeepPromptCLIP(MaPLePromptLearner(backbone, classnames, c.N_CTX, c.CTX_INIT, c.PROMPT_DEPTH),
+                              backbone)
