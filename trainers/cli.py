@@ -64,6 +64,7 @@ def run_training(args):
     trainer = build_trainer(cfg)
     if args.eval_only:
         trainer.load_model(args.model_dir, epoch=args.load_epoch)
+        trainer.eval_only = True
         trainer.test()
         return trainer
     if not args.no_train:
@@ -76,8 +77,26 @@ def train_main(argv=None, prog="train.py"):
     run_training(args)
 
 
+def plugins_main(argv=None):
+    """`gatescope plugins`: installed plugins with distribution, version, gates and trainers."""
+    from tabulate import tabulate
+
+    import trainers  # noqa: F401  (built-in trainers)
+    from gates.manager import get_plugins
+    from trainers.engine import TRAINER_REGISTRY
+
+    plugins = get_plugins()
+    plugins.register_trainers(TRAINER_REGISTRY)
+    rows = [[info.name, info.distribution, info.version, ", ".join(sorted(info.gates)) or "-",
+             ", ".join(sorted(info.trainers)) or "-"] for info in plugins.info.values()]
+    print(tabulate(rows, headers=["plugin", "distribution", "version", "gates", "trainers"]))
+    print(f"\nTrainers: {', '.join(sorted(TRAINER_REGISTRY.registered_names()))}")
+    return 0
+
+
 COMMANDS = {
     "train": "train or evaluate a model (the flags of CoOp's train.py)",
+    "plugins": "list installed plugins, the gates and trainers they provide",
 }
 
 
@@ -92,6 +111,8 @@ def main(argv=None):
     if command == "train":
         train_main(rest, prog="gatescope train")
         return 0
+    if command == "plugins":
+        return plugins_main(rest)
     print(f"gatescope: unknown command {command!r}; available: {', '.join(COMMANDS)}", file=sys.stderr)
     return 2
 

@@ -3,18 +3,32 @@ import os
 
 from yacs.config import CfgNode as CN
 
+from gates.config import add_gate_config
+from gates.manager import get_plugins
+
 from .engine import TRAINER_REGISTRY, get_cfg_default
 
 
 def extend_cfg(cfg):
-    """Add the keys of every registered trainer (CoOp's extend_cfg, without a hand-kept list).
+    """Add the keys of every trainer and plugin (CoOp's extend_cfg, without a hand-kept list).
 
-    A trainer contributes keys through an `add_config(cfg)` defined on its own class, so a
-    trainer that subclasses another (CoOpGated from CoOp) adds only what it defines itself.
+    Plugins' trainers are registered first. A trainer contributes keys through an
+    `add_config(cfg)` defined on its own class, so a trainer that subclasses another
+    (CoOpGated from CoOp) adds only what it defines itself; plugins (the built-in gates among
+    them) add theirs through the `gatescope_add_config` hook, after the core GATE node.
     """
+    plugins = get_plugins()
+    plugins.register_trainers(TRAINER_REGISTRY)
+    add_gate_config(cfg)
+    done = set()
     for name in TRAINER_REGISTRY.registered_names():
         cls = TRAINER_REGISTRY.get(name)
+        # Each class adds its keys once, parents first: CoOp's add_config (which creates
+        # TRAINER.COOP) must never run again after CoOpGated has added the study's keys to it.
         for klass in reversed(cls.__mro__):
+            if klass in done:
+                continue
+            done.add(klass)
             add = klass.__dict__.get("add_config")
             if add is not None:
                 try:
@@ -23,6 +37,16 @@ def extend_cfg(cfg):
                     pass
     if "SUBSAMPLE_CLASSES" not in cfg.DATASET:  # Dassl's own defaults lack CoOp's key
         cfg.DATASET.SUBSAMPLE_CLASSES = "all"
+    plugins.add_config(cfg)
+    return cfg
+
+
+def resolve_cfg(cfg):
+    """Let trainers rewrite keys that select another trainer (the study's USE_GATE on CoOp)."""
+    for name in list(TRAINER_REGISTRY.registered_names()):
+        resolve = TRAINER_REGISTRY.get(name).__dict__.get("resolve_config")
+        if resolve is not None:
+            resolve.__func__(cfg)
     return cfg
 
 
@@ -78,6 +102,7 @@ def setup_cfg(args):
         merge_from_file(cfg, args.config_file)
     reset_cfg(cfg, args)
     merge_from_list(cfg, args.opts)
+    resolve_cfg(cfg)
     cfg.freeze()
     return cfg
 

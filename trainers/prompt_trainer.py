@@ -6,19 +6,25 @@ parameter group, and runs the training step: forward, named loss terms, backward
 `after_backward` point (gradients present and unscaled), the optimizer step, `after_step`.
 Checkpoints hold the registered prompt learner's state only (never the frozen CLIP).
 """
+import json
+import os
 import warnings
 
 import torch
 import torch.nn.functional as F
 
+from gates.manager import get_plugins
+
 from .backbone import build_backbone
 from .engine import TrainerX, build_lr_scheduler, build_optimizer
 from .engine.evaluator import compute_accuracy
+from .engine.utils import write_json_atomic
 
 PRECISIONS = ("fp16", "fp32", "amp")
 # Buffers that CoOp's prompt learner saved in its checkpoints; they are rebuilt from the
 # classnames, so loading an original CoOp checkpoint drops them (as CoOp's load_model does).
 REBUILT_BUFFERS = ("token_prefix", "token_suffix")
+RESULTS_FILE = "results.json"
 
 
 class PromptTrainer(TrainerX):
@@ -122,12 +128,84 @@ class PromptTrainer(TrainerX):
             self.optim.step()
         self.after_step()
 
-    # Lifecycle points of one step (also defined here so they exist on Dassl's engine).
+    # ------------------------------------------------------------ lifecycle hooks
+    # Defined here, not in the engine, so that they also run on Dassl's engine.
+    @property
+    def plugins(self):
+        return get_plugins()
+
+    def call_hook(self, hook, /, **kwargs):
+        return getattr(self.plugins.hook, hook)(trainer=self, **kwargs)
+
+    def before_train(self):
+        super().before_train()
+        self.call_hook("before_train")
+
+    def before_epoch(self):
+        super().before_epoch()
+        self.call_hook("before_epoch")
+
     def after_backward(self):
-        pass
+        self.call_hook("after_backward")
 
     def after_step(self):
-        pass
+        self.call_hook("after_step")
+
+    def after_epoch(self):
+        super().after_epoch()
+        self.call_hook("after_epoch")
+
+    def after_train(self):
+        super().after_train()
+        self.call_hook("after_train")
+
+    def test(self, split=None):
+        evaluate, results = self.evaluator.evaluate, {}
+
+        def capture():
+            results.update(evaluate())
+            return results
+        self.evaluator.evaluate = capture
+        try:
+            first = super().test(split)
+        finally:
+            self.evaluator.evaluate = evaluate
+        split = split or self.cfg.TEST.SPLIT
+        if split == "val" and self.val_loader is None:
+            split = "test"
+        self.write_results(split, results)
+        self.call_hook("after_test", split=split, results=dict(results))
+        return first
+
+    def write_results(self, split, results):
+        """Merge this evaluation into `<output>/results.json`, which `gatescope summarize` reads.
+
+        Rewritten atomically after every test, so a killed run leaves the last complete file.
+        """
+        if not self.output_dir:
+            return
+        path = os.path.join(self.output_dir, RESULTS_FILE)
+        record = {}
+        if os.path.isfile(path):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    record = json.load(f)
+            except (OSError, ValueError):
+                record = {}  # a torn file from an older writer: rebuilt below, never trusted
+        cfg = self.cfg
+        record.update({
+            "trainer": cfg.TRAINER.NAME, "dataset": cfg.DATASET.NAME, "seed": cfg.SEED,
+            "backbone": cfg.MODEL.BACKBONE.NAME, "num_shots": cfg.DATASET.NUM_SHOTS,
+            "subsample_classes": cfg.DATASET.SUBSAMPLE_CLASSES, "output_dir": self.output_dir,
+            "epoch": getattr(self, "epoch", -1) + 1, "max_epoch": cfg.OPTIM.MAX_EPOCH,
+            "eval_only": bool(getattr(self, "eval_only", False)),
+        })
+        record.setdefault("results", {})[split] = {k: float(v) for k, v in results.items()}
+        write_json_atomic(record, path)
+
+    def gate_listener(self, name, output, cond, phase):
+        """Handed to gated models: forwards each gate output to the gate_output hook."""
+        self.call_hook("gate_output", name=name, output=output, cond=cond, phase=phase)
 
     # ------------------------------------------------------------ checkpoints
     def load_model_state_dict(self, name, state_dict):
