@@ -2,7 +2,7 @@
 
 Importing this package registers the built-in trainers in TRAINER_REGISTRY.
 """
-from . import bidir_maple, cocoop, coop, ivlp, maple, vpt  # noqa: F401  (register the trainers)
+from . import adaptive_maple, bidir_maple, cocoop, cocoop_gated, coop, coop_gated, ivlp, maple, maple_gated, vpt  # noqa: F401
 from .config import extend_cfg, setup_cfg
 
 __all__ = ["extend_cfg", "setup_cfg"]

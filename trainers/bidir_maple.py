@@ -19,26 +19,26 @@ from .engine import TRAINER_REGISTRY
 from .maple import MaPLe, MaPLePromptLearner
 
 
-def mapping_mlp(d_in, d_out, dtype):
-    hidden = max(d_in // 2, 1)
+def mapping_mlp(d_in, d_out, dtype, hidden_ratio=0.5):
+    hidden = max(int(d_in * hidden_ratio), 1)
     return nn.Sequential(nn.Linear(d_in, hidden, dtype=dtype), nn.GELU(), nn.Linear(hidden, d_out, dtype=dtype))
 
 
 class BiDirMaPLePromptLearner(MaPLePromptLearner):
-    def __init__(self, backbone, classnames, cfg):
-        super().__init__(backbone, classnames, cfg.N_CTX, cfg.CTX_INIT, cfg.PROMPT_DEPTH)
-        self.bidirectional = cfg.BIDIRECTIONAL
+    def __init__(self, backbone, classnames, n_ctx, ctx_init, depth, bidirectional, hidden_ratio=0.5):
+        super().__init__(backbone, classnames, n_ctx, ctx_init, depth)
+        self.bidirectional = bidirectional
         if self.bidirectional:
-            n_deep = cfg.PROMPT_DEPTH - 1
+            n_deep = depth - 1
             wt, wv, dtype = backbone.ctx_dim, backbone.vis_dim, backbone.dtype
-            self.l2v_mappings = nn.ModuleList(mapping_mlp(wt, wv, dtype) for _ in range(n_deep))
-            self.v2l_mappings = nn.ModuleList(mapping_mlp(wv, wt, dtype) for _ in range(n_deep))
+            self.l2v_mappings = nn.ModuleList(mapping_mlp(wt, wv, dtype, hidden_ratio) for _ in range(n_deep))
+            self.v2l_mappings = nn.ModuleList(mapping_mlp(wv, wt, dtype, hidden_ratio) for _ in range(n_deep))
             # Mixing logits start at 0.5 (s = 0.62: mostly the prompt's own tower), as in the study.
             self.alpha_params = nn.ParameterList(nn.Parameter(torch.tensor(0.5, dtype=dtype)) for _ in range(n_deep))
             self.beta_params = nn.ParameterList(nn.Parameter(torch.tensor(0.5, dtype=dtype)) for _ in range(n_deep))
 
-    def coupled(self):
-        text, vision = super().coupled()
+    def couple(self, text):
+        text, vision = super().couple(text)
         if not self.bidirectional:
             return text, vision
         for j in range(1, len(text)):
@@ -50,10 +50,10 @@ class BiDirMaPLePromptLearner(MaPLePromptLearner):
 
     def cycle_loss(self):
         """mean_j MSE(t_j, V2L_j(L2V_j(t_j))) over the deep text prompts."""
-        if not self.bidirectional or len(self.compound_prompts_text) == 0:
+        deep_text = self.text_prompts()[1:]
+        if not self.bidirectional or len(deep_text) == 0:
             return None
-        terms = [F.mse_loss(v2l(l2v(t)), t) for t, l2v, v2l in
-                 zip(self.compound_prompts_text, self.l2v_mappings, self.v2l_mappings)]
+        terms = [F.mse_loss(v2l(l2v(t)), t) for t, l2v, v2l in zip(deep_text, self.l2v_mappings, self.v2l_mappings)]
         return torch.stack(terms).mean()
 
 
@@ -76,7 +76,9 @@ class BiDirMaPLe(MaPLe):
         cfg.TRAINER.BIDIR_MAPLE.EMA_START_EPOCH = 5
 
     def build_custom_clip(self, cfg, classnames, backbone):
-        return DeepPromptCLIP(BiDirMaPLePromptLearner(backbone, classnames, cfg.TRAINER.BIDIR_MAPLE), backbone)
+        c = cfg.TRAINER.BIDIR_MAPLE
+        learner = BiDirMaPLePromptLearner(backbone, classnames, c.N_CTX, c.CTX_INIT, c.PROMPT_DEPTH, c.BIDIRECTIONAL)
+        return DeepPromptCLIP(learner, backbone)
 
     def build_model(self):
         super().build_model()

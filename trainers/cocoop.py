@@ -18,7 +18,7 @@ from yacs.config import CfgNode as CN
 from .backbone.adapter import cosine_logits
 from .engine import TRAINER_REGISTRY
 from .prompt_trainer import PromptTrainer
-from .prompting import ClassPromptTemplate, init_context
+from .prompting import ClassPromptTemplate, init_context, prompts_per_chunk
 
 
 class CoCoOpPromptLearner(nn.Module):
@@ -51,8 +51,7 @@ class CoCoOpCLIP(nn.Module):
         super().__init__()
         self.prompt_learner = prompt_learner
         self.backbone = backbone
-        per_prompt = backbone.text_bytes_per_prompt(prompt_learner.template.seq_len)
-        self.max_prompts = max(1, int(memory_mb * 2 ** 20 // per_prompt))
+        self.max_prompts = prompts_per_chunk(backbone, prompt_learner.template.seq_len, memory_mb)
 
     def image_features(self, image):
         features = self.backbone.encode_image(image)

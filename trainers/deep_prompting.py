@@ -24,6 +24,7 @@ class Prompts:
     vision_deep: List[torch.Tensor] = field(default_factory=list)  # each (n_vis, W_vis)
     text_gates: Optional[torch.Tensor] = None    # (B, Jt - 1) per-input blend of deep text prompts
     vision_gates: Optional[torch.Tensor] = None  # (B, Jv - 1) per-input blend of deep visual prompts
+    gate_mode: str = "blend"  # how gates apply to deep prompts (see DeepPrompts)
 
 
 def check_depth(depth, n_layers, key):
@@ -75,24 +76,33 @@ class DeepPromptCLIP(nn.Module):
             self.register_buffer("fixed_text_features", features, persistent=False)
 
     def text_features(self, prompts):
+        """(C, D) class text features, or (B, C, D) when deep text prompts are gated per input."""
         if prompts.text is None:
             return self.fixed_text_features
-        deep = DeepPrompts(prompts.text_deep, start=1, gates=prompts.text_gates) if prompts.text_deep else None
         eot = self.prompt_learner.template.eot_idx
-        if prompts.text_gates is not None:
-            # Per-input deep text prompts: one prompt set per image (B, C, ...).
-            B, C = prompts.text_gates.shape[0], prompts.text.shape[0]
-            x = prompts.text.unsqueeze(0).expand(B, -1, -1, -1).reshape(B * C, *prompts.text.shape[1:])
-            deep = DeepPrompts(prompts.text_deep, start=1, gates=prompts.text_gates.repeat_interleave(C, 0))
-            return self.backbone.encode_text(x, eot.repeat(B), deep).view(B, C, -1)
-        return self.backbone.encode_text(prompts.text, eot, deep)
+        gates = prompts.text_gates
+        if not prompts.text_deep:
+            return self.backbone.encode_text(prompts.text, eot)
+        C = prompts.text.shape[0]
+        if gates is None or gates.shape[0] == 1:
+            gates = gates.expand(C, -1) if gates is not None else None
+            deep = DeepPrompts(prompts.text_deep, start=1, gates=gates, mode=prompts.gate_mode)
+            return self.backbone.encode_text(prompts.text, eot, deep)
+        # Per-input gates: one prompt set per image, encoded as one batch of B x C prompts.
+        B = gates.shape[0]
+        x = prompts.text.unsqueeze(0).expand(B, -1, -1, -1).reshape(B * C, *prompts.text.shape[1:])
+        deep = DeepPrompts(prompts.text_deep, start=1, gates=gates.repeat_interleave(C, 0), mode=prompts.gate_mode)
+        return self.backbone.encode_text(x, eot.repeat(B), deep).view(B, C, -1)
 
     def image_features(self, image, prompts):
-        deep = DeepPrompts(prompts.vision_deep, gates=prompts.vision_gates) if prompts.vision_deep else None
+        deep = (DeepPrompts(prompts.vision_deep, gates=prompts.vision_gates, mode=prompts.gate_mode)
+                if prompts.vision_deep else None)
         return self.backbone.encode_image(image, prompts.vision, deep)
 
     def forward(self, image):
-        prompts = self.prompt_learner()
+        return self.forward_prompts(image, self.prompt_learner())
+
+    def forward_prompts(self, image, prompts):
         return cosine_logits(self.image_features(image, prompts), self.text_features(prompts),
                              self.backbone.logit_scale)
 

@@ -35,12 +35,17 @@ class MaPLePromptLearner(nn.Module):
             nn.Linear(backbone.ctx_dim, backbone.vis_dim, dtype=backbone.dtype) for _ in range(depth - 1))
         self.template = ClassPromptTemplate(backbone, classnames, n_ctx, prompt_prefix)
 
+    def text_prompts(self):
+        """The learnable text prompts of depths 0..J-1 (the shallow context first)."""
+        return [self.ctx, *self.compound_prompts_text]
+
+    def couple(self, text):
+        """(text, vision) prompts per depth: vision_j is projected from text_j (MaPLe's coupling)."""
+        projections = [self.proj, *self.compound_prompt_projections]
+        return list(text), [f(t) for f, t in zip(projections, text)]
+
     def coupled(self):
-        """Text prompts and the visual prompts coupled from them, depth 0 first."""
-        text = [self.ctx, *self.compound_prompts_text]
-        vision = [self.proj(self.ctx)] + [f(t) for f, t in zip(self.compound_prompt_projections,
-                                                                 self.compound_prompts_text)]
-        return text, vision
+        return self.couple(self.text_prompts())
 
     def forward(self):
         text, vision = self.coupled()

@@ -132,3 +132,9 @@ def init_context(backbone, n_ctx, ctx_init="", n_cls=None):
     ctx_vectors = torch.empty(*shape, dtype=backbone.dtype)
     nn.init.normal_(ctx_vectors, std=0.02)
     return ctx_vectors, " ".join(["X"] * n_ctx), n_ctx
+
+
+def prompts_per_chunk(backbone, seq_len, memory_mb):
+    """How many prompts of `seq_len` tokens to encode at once to keep activations under
+    `memory_mb` MiB (at least one)."""
+    return max(1, int(memory_mb * 2 ** 20 // backbone.text_bytes_per_prompt(seq_len)))

@@ -25,14 +25,20 @@ class DeepPrompts:
     part of the input), at sequence positions `[start, start + n)`; `start=None` means the
     last n positions (where visual prompts sit). A tensor of shape (n, W)
     is shared by the batch; (B, n, W) is per sample. `gates`, when given, has shape (B, J)
-    with J = len(tokens) and blends per sample: g * new + (1 - g) * carried, so g = 1 is
-    plain insertion and g = 0 keeps the tokens the previous layer produced (MaPLeGated).
+    with J = len(tokens) and, with mode "blend", gives g * new + (1 - g) * carried, so g = 1
+    is plain insertion and g = 0 keeps the tokens the previous layer produced (MaPLeGated);
+    with mode "scale" it inserts g * new (the study's adaptive depth gates).
     """
 
-    def __init__(self, tokens, start=None, gates=None):
+    MODES = ("blend", "scale")
+
+    def __init__(self, tokens, start=None, gates=None, mode="blend"):
+        if mode not in self.MODES:
+            raise ValueError(f"deep-prompt gate mode must be one of {self.MODES}, got {mode!r}")
         self.tokens = list(tokens)
         self.start = start
         self.gates = gates
+        self.mode = mode
 
     def __len__(self):
         return len(self.tokens)
@@ -41,7 +47,7 @@ class DeepPrompts:
         """The same insertion for a subset of the batch (per-sample tokens and gates are sliced)."""
         tokens = [t[rows] if t.dim() == 3 else t for t in self.tokens]
         gates = self.gates[rows] if self.gates is not None else None
-        return DeepPrompts(tokens, self.start, gates)
+        return DeepPrompts(tokens, self.start, gates, self.mode)
 
     def apply(self, x, layer):
         """Return x with the prompt slice replaced before transformer layer `layer` (>= 1)."""
@@ -56,7 +62,7 @@ class DeepPrompts:
         end = start + n
         if self.gates is not None:
             g = self.gates[:, j].to(x.dtype).view(-1, 1, 1)
-            new = g * new + (1 - g) * x[:, start:end]
+            new = g * new if self.mode == "scale" else g * new + (1 - g) * x[:, start:end]
         return torch.cat([x[:, :start], new, x[:, end:]], dim=1)
 
 
