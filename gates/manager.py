@@ -17,7 +17,7 @@ from . import hookspecs
 
 ENTRY_POINT_GROUP = "gatescope"
 AUTOLOAD_ENV = "GATESCOPE_DISABLE_PLUGIN_AUTOLOAD"
-BUILTIN_PLUGINS = ("gates.builtin",)
+BUILTIN_PLUGINS = ("gates.builtin", "diagnostics.plugin")
 BUILTIN_DISTRIBUTION = ("gatescope", "built-in")
 
 

@@ -105,15 +105,18 @@ def test_example_plugin_is_installed_and_used_through_gate_name(demo_root, tmp_p
     assert not torch.equal(before, gate.up.weight)
 
 
-def test_gatescope_plugins_command_shows_the_example_plugin():
-    result = subprocess.run([sys.executable, "-m", "trainers.cli", "plugins"], cwd=REPO, capture_output=True,
-                            text=True, timeout=120,
-                            env={**os.environ, "PYTHONPATH": REPO, "GATESCOPE_DISABLE_PLUGIN_AUTOLOAD": "0"})
+def test_gatescope_plugins_command_shows_the_example_plugin(tmp_path):
+    # The installed console script, run outside the repository: every package must be installed.
+    script = os.path.join(os.path.dirname(sys.executable), "gatescope")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([script, "plugins"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                            env={**env, "GATESCOPE_DISABLE_PLUGIN_AUTOLOAD": "0"})
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     row = next(line for line in lines if line.startswith("lowrank"))
     assert "gatescope-lowrank-gate" in row and "0.1.0" in row
     assert any(line.startswith("gates.builtin") and "mlp" in line for line in lines)
+    assert any(line.startswith("diagnostics.plugin") for line in lines)
     assert "CoOpGated" in result.stdout
 
 

@@ -35,6 +35,7 @@ def extend_cfg(cfg):
                     add.__func__(cfg)
                 except NotImplementedError:
                     pass
+    cfg.CONFIG_FILE = ""  # the --config-file of this run (set by setup_cfg; names the run in summaries)
     if "SUBSAMPLE_CLASSES" not in cfg.DATASET:  # Dassl's own defaults lack CoOp's key
         cfg.DATASET.SUBSAMPLE_CLASSES = "all"
     plugins.add_config(cfg)
@@ -101,6 +102,7 @@ def setup_cfg(args):
     if args.config_file:
         merge_from_file(cfg, args.config_file)
     reset_cfg(cfg, args)
+    cfg.CONFIG_FILE = args.config_file or ""
     merge_from_list(cfg, args.opts)
     resolve_cfg(cfg)
     cfg.freeze()

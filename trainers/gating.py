@@ -31,6 +31,11 @@ class GateHead(nn.Module):
         self.test_mode = test_mode
         self.threshold = threshold
         self.override = None
+        # Probes of the diagnostics (identity when None): cond_transform replaces the
+        # conditioning (shuffled or noise), output_transform the output (noise on its logits,
+        # per-layer mean); neither is used in training.
+        self.cond_transform = None
+        self.output_transform = None
         self.listener = None
         self.alpha_max = None  # set: equalise the gradient at the logits (EQUALIZE_GRAD)
         self.last_output = None
@@ -43,7 +48,11 @@ class GateHead(nn.Module):
         if self.override is not None:
             out = self.override.to(cond.dtype).expand(cond.shape[0], -1)
         else:
+            if self.cond_transform is not None:
+                cond = self.cond_transform(cond)
             out = self.gate(cond)
+            if self.output_transform is not None:
+                out = self.output_transform(out)
             if not self.training:
                 out = apply_test_mode(out, self.kind, self.test_mode, self.threshold)
             elif self.alpha_max is not None:

@@ -39,6 +39,11 @@ class MaPLePromptLearner(nn.Module):
         """The learnable text prompts of depths 0..J-1 (the shallow context first)."""
         return [self.ctx, *self.compound_prompts_text]
 
+    def deep_prompt_layers(self):
+        """The learnable prompt tensor of each depth 0..J-1 (the diagnostics' gradient slope
+        across layers reads their gradients)."""
+        return [self.ctx, *self.compound_prompts_text]
+
     def couple(self, text):
         """(text, vision) prompts per depth: vision_j is projected from text_j (MaPLe's coupling)."""
         projections = [self.proj, *self.compound_prompt_projections]

@@ -100,6 +100,9 @@ class PromptTrainer(TrainerX):
 
     def forward_backward(self, batch):
         image, label = self.parse_batch_train(batch)
+        # What the lifecycle hooks may read about this step (e.g. the diagnostics' mutual
+        # information between the gate's choice and the label or the domain).
+        self.batch_labels, self.batch_domains = label, batch.get("domain")
         with torch.autocast(device_type=self.device.type, enabled=self.prec == "amp"):
             output = self.model(image)
             losses = self.compute_losses(output, label)

@@ -1,0 +1,529 @@
+"""The diagnostics' metrics: pure functions of tensors and floats.
+
+Every function here reads only its arguments (no trainer, no I/O, no state), does its arithmetic in
+float64, and returns plain Python values (float, int, bool, str, list, dict, None) that
+`json.dumps` writes as standard JSON. Where a quantity is undefined (no entries, a zero
+denominator, a non-finite input) the value is None, never a silent NaN.
+
+The formulas follow the study's released diagnostics (see the "Diagnostics in the released code"
+section of the reference notes), so numbers are comparable with the paper; where the study
+compares group L2 norms of very different sizes, a per-element (RMS) figure sits beside it.
+"""
+import math
+from itertools import combinations
+
+import torch
+
+from gates.contract import GATE_KINDS
+
+# Bits available for the mask-pattern code in a signed 64-bit integer, keeping it non-negative.
+MAX_MASK_BITS = 62
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _finite_or_none(x):
+    """float(x) when it is a finite number, else None (keeps NaN/inf out of JSON)."""
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _present(grads):
+    """The non-None tensors of `grads`, flattened and detached, in float64.
+
+    A single tensor is accepted as a one-element list, so callers can pass either.
+    """
+    if isinstance(grads, torch.Tensor):
+        grads = [grads]
+    return [g.detach().reshape(-1).to(torch.float64) for g in grads if g is not None]
+
+
+def _as_float64(x, name):
+    """`x` (tensor, list or number) as a float64 tensor; a readable error when it is not numeric."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().to(torch.float64)
+    try:
+        return torch.as_tensor(x, dtype=torch.float64)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{name}: expected a tensor or a list of numbers, found {type(x).__name__} ({e}); "
+                        "pass a torch.Tensor") from e
+
+
+def _entropy_nats(p, dim=-1):
+    """Shannon entropy -sum p ln p along `dim`, with 0 ln 0 = 0 (xlogy is exactly 0 at p = 0)."""
+    return -torch.special.xlogy(p, p).sum(dim=dim)
+
+
+def _binary_entropy_nats(p):
+    """Element-wise -(p ln p + (1-p) ln(1-p)), with 0 ln 0 = 0.
+
+    p is clamped to [0, 1] first: gate outputs are in range by contract, but a sigmoid in float16 or a
+    sum of softmax terms can land a rounding error outside it, and ln of a negative is NaN.
+    """
+    p = p.clamp(0.0, 1.0)
+    q = 1.0 - p
+    return -(torch.special.xlogy(p, p) + torch.special.xlogy(q, q))
+
+
+def _pearson(x, y):
+    """Pearson correlation of two equal-length float64 vectors; None when either is constant."""
+    dx = x - x.mean()
+    dy = y - y.mean()
+    denom = torch.sqrt((dx * dx).sum() * (dy * dy).sum())
+    if denom.item() == 0.0:
+        return None
+    return _finite_or_none(((dx * dy).sum() / denom).item())
+
+
+def _check_gate_matrix(g, kind):
+    if kind not in GATE_KINDS:
+        raise ValueError(f"gate kind must be one of {GATE_KINDS}, found {kind!r}; "
+                         "pass the kind the gate declares (gate.kind)")
+    if not isinstance(g, torch.Tensor) or g.dim() != 2:
+        shape = tuple(g.shape) if isinstance(g, torch.Tensor) else type(g).__name__
+        raise ValueError(f"gate output must be a tensor of shape (B, K), found {shape}; "
+                         "pass gate.last_output (one row per input, one column per option)")
+
+
+# --------------------------------------------------------------------------- gradients
+
+
+def grad_stats(grads):
+    """Size and shape of one parameter group's gradient, treating the group as one flat vector.
+
+    grads: a list of gradient tensors (a parameter's `.grad`); None entries (parameters that got no
+    gradient) are ignored. With g the concatenation of the present gradients and n = numel(g):
+      l2 = ||g||_2 = sqrt(sum g_i^2)
+      rms = l2 / sqrt(n)                 (per-element size: removes the parameter-count effect)
+      zero_share = #{g_i == 0} / n
+      share_below_1e-8 = #{|g_i| < 1e-8} / n   (counts exact zeros too)
+      min_abs_nonzero = min{|g_i| : g_i != 0}  (None when every entry is 0)
+      dtype = the first present gradient's dtype without "torch." (e.g. "float32"), None if none
+      nonfinite_count = #{g_i is NaN or +-inf}
+    With no entries (all None, or empty tensors) numel is 0 and every share/norm is None. When any
+    entry is non-finite, l2 and rms are None (a NaN norm would be meaningless) and nonfinite_count
+    says how many; the shares and min_abs_nonzero are then taken over all n entries / the finite ones.
+    """
+    if isinstance(grads, torch.Tensor):
+        grads = [grads]
+    present = [g for g in grads if g is not None]
+    dtype = str(present[0].dtype).replace("torch.", "") if present else None
+    flat = _present(present)
+    numel = sum(int(g.numel()) for g in flat)
+    stats = {"l2": None, "rms": None, "numel": numel, "zero_share": None, "dtype": dtype,
+             "min_abs_nonzero": None, "share_below_1e-8": None, "nonfinite_count": 0}
+    if numel == 0:
+        return stats
+    # Reduce each tensor on its own device and synchronise once: no float64 copy of a 9M-entry
+    # prompt gradient is concatenated, and the host waits for the device a single time.
+    rows = []
+    for g in flat:
+        a = g.abs()
+        finite = torch.isfinite(g)
+        usable = finite & (g != 0)
+        inf = torch.full_like(a, math.inf)
+        rows.append(torch.stack([
+            torch.where(finite, g * g, torch.zeros_like(g)).sum(),
+            (g == 0).sum().to(torch.float64),
+            (a < 1e-8).sum().to(torch.float64),
+            (~finite).sum().to(torch.float64),
+            torch.where(usable, a, inf).min() if a.numel() else torch.tensor(math.inf, dtype=torch.float64,
+                                                                             device=a.device),
+        ]))
+    # One (tensors x 5) table: counts are exact in float64 up to 2^53 entries.
+    table = torch.stack([r.to(flat[0].device) for r in rows])
+    total_sq, n_zero, n_below, n_nonfinite = table[:, :4].sum(dim=0).tolist()
+    min_abs = table[:, 4].min().item()
+    stats["nonfinite_count"] = int(n_nonfinite)
+    stats["zero_share"] = n_zero / numel
+    stats["share_below_1e-8"] = n_below / numel
+    stats["min_abs_nonzero"] = _finite_or_none(min_abs)
+    if n_nonfinite == 0:
+        stats["l2"] = math.sqrt(total_sq)
+        stats["rms"] = stats["l2"] / math.sqrt(numel)
+    return stats
+
+
+def ratio(num, den):
+    """num / den; None when den is 0 or None, num is None, or the result is not finite.
+
+    The study's per-element imbalance is rho = ratio(rms_gate, rms_prompt).
+    """
+    num, den = _finite_or_none(num), _finite_or_none(den)
+    if num is None or den is None or den == 0.0:
+        return None
+    return _finite_or_none(num / den)
+
+
+def magnitude_gap(l2_prompt, l2_gate):
+    """The study's gradient magnitude gap: log10(l2_prompt / l2_gate) from group L2 norms.
+
+    > 2 (GAP_SEVERE) is what the study calls severe; it reported 2.60 on its main testbed. None when
+    either norm is 0, negative or None. Group norms grow with sqrt(parameter count), so read it
+    beside the per-element rho.
+    """
+    p, g = _finite_or_none(l2_prompt), _finite_or_none(l2_gate)
+    if p is None or g is None or p <= 0.0 or g <= 0.0:
+        return None
+    return math.log10(p) - math.log10(g)
+
+
+def relative_update(before, after):
+    """Size of the step the optimizer applied to a group: ||after - before||_2 / ||before||_2.
+
+    before, after: lists of tensors (the group's parameters before and after `optimizer.step()`),
+    paired by position and taken together as one flat vector. None when ||before|| is 0 (a group
+    that starts at zero, e.g. a zero-initialised bias, has no relative scale) or when there are no
+    entries.
+    """
+    before, after = _present(before), _present(after)
+    if len(before) != len(after):
+        raise ValueError(f"relative_update: {len(before)} tensors before the step but {len(after)} after; "
+                         "pass the same parameters, in the same order, to both")
+    diff_sq, base_sq = 0.0, 0.0
+    for i, (b, a) in enumerate(zip(before, after)):
+        if b.numel() != a.numel():
+            raise ValueError(f"relative_update: tensor {i} has {b.numel()} entries before the step and "
+                             f"{a.numel()} after; pass copies of the same parameters")
+        a = a.to(b.device)
+        diff_sq += float(((a - b) ** 2).sum())
+        base_sq += float((b * b).sum())
+    if base_sq == 0.0:
+        return None
+    return _finite_or_none(math.sqrt(diff_sq) / math.sqrt(base_sq))
+
+
+def fp16_underflow(grads, min_threshold=1e-7, tiny=1e-8, share=0.2):
+    """The study's fp16 underflow check on a gradient (usually the gate's).
+
+    min_abs_nonzero = min{|g_i| : g_i != 0}  (None when all are zero)
+    share_tiny = #{|g_i| < tiny} / n          (exact zeros count)
+    underflow = min_abs_nonzero < min_threshold  or  share_tiny > share
+    No entries: both None and underflow False. An all-zero gradient has share_tiny 1 and so reads
+    as underflow, as in the study; grad_stats' zero_share and dtype tell it apart from a gradient
+    that never arrives (e.g. parameters trained by a surrogate loss).
+    """
+    flat = _present(grads)
+    n = sum(int(g.numel()) for g in flat)
+    if n == 0:
+        return {"min_abs_nonzero": None, "share_tiny": None, "underflow": False}
+    n_tiny = sum(int((g.abs() < tiny).sum()) for g in flat)
+    nonzero = [g.abs()[(g != 0) & torch.isfinite(g)] for g in flat]
+    nonzero = [t for t in nonzero if t.numel()]
+    min_abs = min(float(t.min()) for t in nonzero) if nonzero else None
+    share_tiny = n_tiny / n
+    underflow = (min_abs is not None and min_abs < min_threshold) or share_tiny > share
+    return {"min_abs_nonzero": min_abs, "share_tiny": share_tiny, "underflow": bool(underflow)}
+
+
+def activation_slope(logits, activation):
+    """Mean local slope of the gate's nonlinearity at its pre-activations `logits`.
+
+    The gate's gradient is dL/dz = dL/dg * dg/dz; this is the second factor, averaged, so a starving
+    gate can be told apart: small dL/dg (its output does not matter) or small slope (it saturated).
+      "sigmoid": mean s(1 - s), s = sigmoid(z)            (at most 0.25, at z = 0)
+      "softmax": mean p_k(1 - p_k), p = softmax(z) over the last dim (the Jacobian's diagonal)
+      "tanh":    mean 1 - tanh(z)^2
+      "relu":    share of z > 0
+    None for logits None or empty, or an activation not listed (including None); e.g. "topk_softmax"
+    and "argmax" have no single smooth slope and get None.
+    """
+    if logits is None or activation is None:
+        return None
+    z = logits.detach().to(torch.float64)
+    if z.numel() == 0:
+        return None
+    if activation == "sigmoid":
+        s = torch.sigmoid(z)
+        slope = s * (1.0 - s)
+    elif activation == "softmax":
+        p = torch.softmax(z, dim=-1)
+        slope = p * (1.0 - p)
+    elif activation == "tanh":
+        slope = 1.0 - torch.tanh(z) ** 2
+    elif activation == "relu":
+        slope = (z > 0).to(torch.float64)
+    else:
+        return None
+    return _finite_or_none(slope.mean().item())
+
+
+def layer_slope(norms):
+    """The study's chain-length decay: least-squares slope of log10(norm_l) against layer index l.
+
+    norms: per-layer gradient norms for layers l = 0..L-1 (a list or 1-D tensor; None allowed).
+    Layers whose norm is None, non-positive or non-finite are skipped but keep their index. With
+    x the kept indices and y = log10(norm):  slope = sum (x - x_mean)(y - y_mean) / sum (x - x_mean)^2,
+    in decades per layer (negative: gradients shrink with depth). None with fewer than 2 usable layers.
+    """
+    if isinstance(norms, torch.Tensor):
+        norms = norms.detach().to(torch.float64).reshape(-1).tolist()
+    points = [(i, math.log10(v)) for i, v in enumerate(map(_finite_or_none, norms)) if v is not None and v > 0]
+    if len(points) < 2:
+        return None
+    x_mean = sum(x for x, _ in points) / len(points)
+    y_mean = sum(y for _, y in points) / len(points)
+    sxx = sum((x - x_mean) ** 2 for x, _ in points)
+    sxy = sum((x - x_mean) * (y - y_mean) for x, y in points)
+    return sxy / sxx
+
+
+def loss_competition(term_grads, regularisers=(), *, conflict_deg=60.0, cancellation_max=0.3,
+                     regulariser_share_max=0.5):
+    """How the loss terms pull on the gate: the study's loss-competition figures.
+
+    term_grads: {term name: gradient of that term alone w.r.t. the gate parameters} (any shape,
+    flattened; None means the term does not reach the gate and counts as a zero vector).
+      angles["a|b"] = degrees(acos(<g_a, g_b> / (||g_a|| ||g_b||)))  for each pair in insertion order;
+                      None when either vector is zero
+      max_angle = max of the defined angles (None if none)
+      cancellation = 1 - ||sum_i g_i|| / sum_i ||g_i||   (0: all aligned; 1: they cancel out)
+      regulariser_share = sum_{i in regularisers} ||g_i|| / sum_i ||g_i||
+                          (names in `regularisers` absent from term_grads contribute 0, so a
+                          regulariser switched off by the config needs no special case)
+      conflict = max_angle > conflict_deg (60); cancellation_flag = cancellation > cancellation_max
+      (0.3); regulariser_flag = regulariser_share > regulariser_share_max (0.5); flags are False when
+      their figure is None. Cancellation and share are None when every gradient is zero.
+    """
+    names = list(term_grads)
+    vectors = {}
+    size = None
+    for name in names:
+        g = term_grads[name]
+        if g is None:
+            vectors[name] = None
+            continue
+        v = g.detach().reshape(-1).to(torch.float64)
+        if size is not None and v.numel() != size[1]:
+            raise ValueError(f"loss_competition: term '{name}' has a gate gradient of {v.numel()} entries but "
+                             f"'{size[0]}' has {size[1]}; pass each term's gradient w.r.t. the same parameters")
+        size = size or (name, v.numel())
+        vectors[name] = v
+    device = next((v.device for v in vectors.values() if v is not None), None)
+    norms = {n: (float(v.norm()) if v is not None else 0.0) for n, v in vectors.items()}
+
+    angles = {}
+    for a, b in combinations(names, 2):
+        if norms[a] == 0.0 or norms[b] == 0.0:
+            angles[f"{a}|{b}"] = None
+            continue
+        cos = float(vectors[a] @ vectors[b].to(vectors[a].device)) / (norms[a] * norms[b])
+        angles[f"{a}|{b}"] = math.degrees(math.acos(max(-1.0, min(1.0, cos))))
+    defined = [x for x in angles.values() if x is not None]
+    max_angle = max(defined) if defined else None
+
+    total = sum(norms.values())
+    if total == 0.0:
+        cancellation = share = None
+    else:
+        summed = sum(v.to(device) for v in vectors.values() if v is not None)
+        # Clamped: for aligned terms rounding can leave -2e-16 where the value is 0.
+        cancellation = max(0.0, 1.0 - float(summed.norm()) / total)
+        share = sum(norms.get(n, 0.0) for n in regularisers) / total
+    return {"angles": angles, "max_angle": max_angle, "cancellation": cancellation,
+            "regulariser_share": share,
+            "conflict": max_angle is not None and max_angle > conflict_deg,
+            "cancellation_flag": cancellation is not None and cancellation > cancellation_max,
+            "regulariser_flag": share is not None and share > regulariser_share_max}
+
+
+# --------------------------------------------------------------------------- gate outputs
+
+
+def gate_output_stats(g, kind, eps=0.01):
+    """Degradation figures of a batch of gate outputs g of shape (B, K) (B inputs, K options).
+
+    All kinds:
+      per_option_mean[k] = mean_b g[b, k]
+      per_option_std[k]  = sqrt(mean_b (g[b, k] - per_option_mean[k])^2)   (population, ddof 0; 0 for B = 1)
+      input_std = mean_k per_option_std[k]       (input sensitivity: 0 for a gate that ignores its input)
+      saturation = #{g[b, k] <= eps or g[b, k] >= 1 - eps} / (B K)
+      mean = mean_{b,k} g[b, k]
+    mask kind:
+      effective_length = mean_b #{k : g[b, k] > 0.5}
+      binary_entropy = mean_{b,k} -(g ln g + (1-g) ln(1-g))   (nats, 0 ln 0 = 0)
+    simplex kind (rows are distributions; they are used as given, not renormalised):
+      sample_entropy = mean_b -sum_k g[b, k] ln g[b, k]   (nats)
+      usage u_k = per_option_mean[k];  usage_entropy = -sum_k u_k ln u_k;  effective_options = exp(usage_entropy)
+      top_share = max_k u_k
+    Keys of the other kind are None, so every result has the same keys. With B = 0 every value is None.
+    """
+    _check_gate_matrix(g, kind)
+    keys = ("per_option_mean", "per_option_std", "input_std", "saturation", "mean", "effective_length",
+            "binary_entropy", "sample_entropy", "usage_entropy", "effective_options", "top_share")
+    stats = dict.fromkeys(keys)
+    if g.shape[0] == 0 or g.shape[1] == 0:
+        return stats
+    x = g.detach().to(torch.float64)
+    option_mean = x.mean(dim=0)
+    option_std = x.std(dim=0, correction=0)
+    saturated = (x <= eps) | (x >= 1.0 - eps)
+    stats.update(per_option_mean=option_mean.tolist(), per_option_std=option_std.tolist(),
+                 input_std=float(option_std.mean()), saturation=float(saturated.to(torch.float64).mean()),
+                 mean=float(x.mean()))
+    if kind == "mask":
+        stats["effective_length"] = float((x > 0.5).sum(dim=1).to(torch.float64).mean())
+        stats["binary_entropy"] = float(_binary_entropy_nats(x).mean())
+    else:
+        usage_entropy = float(_entropy_nats(option_mean.clamp(min=0.0)))
+        stats.update(sample_entropy=float(_entropy_nats(x.clamp(min=0.0), dim=1).mean()),
+                     usage_entropy=usage_entropy, effective_options=math.exp(usage_entropy),
+                     top_share=float(option_mean.max()))
+    return {k: ([_finite_or_none(x) for x in v] if isinstance(v, list) else _finite_or_none(v))
+            for k, v in stats.items()}
+
+
+def choices_from_gate(g, kind):
+    """One integer "choice" per input, for the mutual information with labels or domains.
+
+    simplex: argmax_k g[b, k] (the option the input mostly uses).
+    mask: the on/off pattern read as a binary number, code_b = sum_k [g[b, k] > 0.5] 2^k, so the MI
+      measures whether the pattern depends on the label. For K > 62 the code would overflow int64,
+      so the number of open options #{k : g[b, k] > 0.5} is used instead (coarser: patterns with the
+      same count look alike).
+    Returns a LongTensor of shape (B,) on g's device.
+    """
+    _check_gate_matrix(g, kind)
+    x = g.detach()
+    if kind == "simplex":
+        return x.argmax(dim=1) if x.shape[1] else torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+    bits = (x > 0.5).to(torch.long)
+    if bits.shape[1] > MAX_MASK_BITS:
+        return bits.sum(dim=1)
+    weights = 2 ** torch.arange(bits.shape[1], dtype=torch.long, device=bits.device)
+    return (bits * weights).sum(dim=1)
+
+
+def _joint_counts(choices, labels):
+    """Contingency table of two integer vectors (rows: distinct choices, columns: distinct labels)."""
+    c = torch.as_tensor(choices).detach().reshape(-1).cpu()
+    y = torch.as_tensor(labels).detach().reshape(-1).cpu()
+    if c.numel() != y.numel():
+        raise ValueError(f"mutual information needs one label per choice: {c.numel()} choices but "
+                         f"{y.numel()} labels; pass vectors of the same batch")
+    if c.numel() == 0:
+        return None
+    if c.is_floating_point() or y.is_floating_point():
+        raise TypeError("mutual information needs integer codes (choices_from_gate(...), class labels), "
+                        f"found dtypes {c.dtype} and {y.dtype}; convert with .long()")
+    _, ci = torch.unique(c, return_inverse=True)
+    _, yi = torch.unique(y, return_inverse=True)
+    n_c, n_y = int(ci.max()) + 1, int(yi.max()) + 1
+    flat = torch.bincount(ci * n_y + yi, minlength=n_c * n_y)
+    return flat.reshape(n_c, n_y).to(torch.float64)
+
+
+def _mi_and_entropies(choices, labels):
+    counts = _joint_counts(choices, labels)
+    if counts is None:
+        return None
+    p = counts / counts.sum()
+    pc, py = p.sum(dim=1), p.sum(dim=0)
+    # sum p(c,y) ln p(c,y) - sum p(c) ln p(c) - sum p(y) ln p(y) = H(c) + H(y) - H(c, y).
+    h_c, h_y = float(_entropy_nats(pc)), float(_entropy_nats(py))
+    mi = h_c + h_y - float(_entropy_nats(p.reshape(-1)))
+    # Rounding can leave -1e-16 where MI is 0 (independent variables); MI is never negative.
+    return max(mi, 0.0), h_c, h_y
+
+
+def mutual_information(choices, labels):
+    """Plug-in mutual information (nats) between two integer vectors of equal length N.
+
+    With the empirical joint p(c, y) = #{i : choices_i = c, labels_i = y} / N:
+      MI = sum_{c,y} p(c,y) ln(p(c,y) / (p(c) p(y))) = H(choice) + H(label) - H(choice, label).
+    None for N = 0. Biased upwards on small batches (at most ln min(#choices, #labels)); compare
+    runs at equal batch sizes.
+    """
+    result = _mi_and_entropies(choices, labels)
+    return None if result is None else result[0]
+
+
+def normalized_mutual_information(choices, labels):
+    """MI / min(H(choice), H(label)), in [0, 1]: 1 when one variable determines the other.
+
+    0.0 when that minimum is 0 (one variable is constant, so it carries no information about the
+    other and MI is 0 as well); None for N = 0.
+    """
+    result = _mi_and_entropies(choices, labels)
+    if result is None:
+        return None
+    mi, h_c, h_y = result
+    h_min = min(h_c, h_y)
+    if h_min <= 0.0:
+        return 0.0
+    return min(mi / h_min, 1.0)
+
+
+def pattern_stats(values, *, uniform_std=0.1, decay_corr=-0.5):
+    """The study's pattern figures for a 1-D vector v of gate values in [0, 1].
+
+    v is e.g. sigma(g) of a per-task length/depth gate, or a gate's per-option means.
+      std = sqrt(mean (v_i - mean v)^2)    (population, ddof 0)
+      uniform = std < uniform_std (0.1)
+      binary_entropy = mean_i -(v_i ln v_i + (1-v_i) ln(1-v_i))   (nats, 0 ln 0 = 0)
+      effective_length = #{i : v_i > 0.5}     (an int)
+      depth_monotonicity = Pearson corr(i, v_i) over i = 0..n-1   (None if v is constant or n < 2)
+      decay = depth_monotonicity < decay_corr (-0.5)
+    Flags are False when their figure is None; for an empty vector every figure is None.
+    """
+    v = _as_float64(values, "pattern_stats").reshape(-1)
+    if v.numel() == 0:
+        return {"std": None, "uniform": False, "binary_entropy": None, "effective_length": None,
+                "depth_monotonicity": None, "decay": False}
+    std = _finite_or_none(v.std(correction=0).item())
+    corr = _pearson(torch.arange(v.numel(), dtype=torch.float64), v) if v.numel() >= 2 else None
+    return {"std": std, "uniform": std is not None and std < uniform_std,
+            "binary_entropy": _finite_or_none(_binary_entropy_nats(v).mean().item()),
+            "effective_length": int((v > 0.5).sum()),
+            "depth_monotonicity": corr, "decay": corr is not None and corr < decay_corr}
+
+
+def logit_sensitivity(base_logits, noisy_logits_by_sigma, *, inert_below=0.01):
+    """The study's sensitivity test: how much the class logits move when the gate logits get noise.
+
+    noisy_logits_by_sigma: {sigma: class logits with N(0, sigma^2) noise added to the gate logits}
+    (the study uses sigma 0.1, 0.5, 1.0), each the same shape as base_logits.
+      per_sigma[sigma] = mean |noisy - base|     (keys kept as given)
+      max = max over sigmas (None when there are none)
+      inert = max < inert_below (0.01)            (False when max is None)
+    """
+    base = base_logits.detach().to(torch.float64)
+    per_sigma = {}
+    for sigma, noisy in noisy_logits_by_sigma.items():
+        if tuple(noisy.shape) != tuple(base.shape):
+            raise ValueError(f"logit_sensitivity: logits for sigma {sigma} have shape {tuple(noisy.shape)}, "
+                             f"the base logits {tuple(base.shape)}; evaluate both on the same batch")
+        diff = (noisy.detach().to(torch.float64).to(base.device) - base).abs()
+        per_sigma[sigma] = _finite_or_none(diff.mean().item()) if diff.numel() else None
+    defined = [x for x in per_sigma.values() if x is not None]
+    top = max(defined) if defined else None
+    return {"per_sigma": per_sigma, "max": top, "inert": top is not None and top < inert_below}
+
+
+# --------------------------------------------------------------------------- summaries over steps
+
+
+def median(values):
+    """The median of the defined entries (None and NaN ignored): the middle value, or the mean of
+    the two middle values for an even count. None when no entry is defined."""
+    xs = sorted(float(v) for v in values if v is not None and not math.isnan(float(v)))
+    if not xs:
+        return None
+    mid = len(xs) // 2
+    return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2.0
+
+
+def tail(values, share):
+    """The last ceil(share * n) entries of `values` as a list (at least 1 when n > 0; all when share >= 1).
+
+    Used for the verdict's WINDOW (the last half of training by default). A 1e-9 tolerance keeps
+    float products such as 0.28 * 25 = 7.000000000000001 from rounding up to 8.
+    """
+    values = list(values)
+    if not values:
+        return []
+    count = min(len(values), max(1, math.ceil(share * len(values) - 1e-9)))
+    return values[-count:]

@@ -1,0 +1,491 @@
+"""diagnostics/metrics.py and diagnostics/verdict.py: hand-computed cases and edge cases.
+
+Each expected value is worked out in the comment beside it, not recomputed with the code under test.
+"""
+import json
+import math
+
+import pytest
+import torch
+
+from diagnostics import metrics as M
+from diagnostics.verdict import DEFAULT_THRESHOLDS, THRESHOLD_HELP, VERDICTS, gate_verdict
+
+LN2 = math.log(2.0)
+
+
+def t(values, dtype=torch.float32):
+    return torch.tensor(values, dtype=dtype)
+
+
+def assert_json_plain(obj):
+    """Standard JSON (no NaN/Infinity) survives a round trip unchanged in meaning."""
+    json.dumps(obj, allow_nan=False)
+
+
+# --------------------------------------------------------------------------- grad_stats
+
+
+def test_grad_stats_hand_computed():
+    # entries 3, 0, 4, 0 (first tensor) and 1e-9 (second); None ignored.
+    # sum of squares = 9 + 16 + 1e-18 -> l2 = sqrt(25 + 1e-18) = 5 (to float precision)
+    # numel = 5 -> rms = 5 / sqrt(5) = sqrt(5); zeros 2/5; |g| < 1e-8: 0, 0, 1e-9 -> 3/5
+    grads = [t([[3.0, 0.0], [4.0, 0.0]]), None, t([1e-9])]
+    s = M.grad_stats(grads)
+    assert s["numel"] == 5
+    assert s["l2"] == pytest.approx(5.0, rel=1e-12)
+    assert s["rms"] == pytest.approx(math.sqrt(5.0), rel=1e-12)
+    assert s["zero_share"] == pytest.approx(0.4)
+    assert s["share_below_1e-8"] == pytest.approx(0.6)
+    assert s["min_abs_nonzero"] == pytest.approx(1e-9, rel=1e-6)  # 1e-9 as stored in float32
+    assert s["dtype"] == "float32"
+    assert s["nonfinite_count"] == 0
+    assert_json_plain(s)
+
+
+def test_grad_stats_dtype_of_first_present_grad():
+    s = M.grad_stats([None, t([1.0], torch.float16), t([1.0], torch.float64)])
+    assert s["dtype"] == "float16"
+    # l2 = sqrt(1 + 1) over numel 2 -> rms 1
+    assert s["l2"] == pytest.approx(math.sqrt(2.0))
+    assert s["rms"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("grads", [[], [None, None], [torch.zeros(0)]])
+def test_grad_stats_no_entries(grads):
+    s = M.grad_stats(grads)
+    assert s["numel"] == 0
+    assert s["l2"] is None and s["rms"] is None
+    assert s["zero_share"] is None and s["share_below_1e-8"] is None and s["min_abs_nonzero"] is None
+    assert_json_plain(s)
+
+
+def test_grad_stats_zero_gradient():
+    # all 4 entries 0: l2 = rms = 0, zero share 1, nothing non-zero -> min None
+    s = M.grad_stats([torch.zeros(2, 2)])
+    assert s["l2"] == 0.0 and s["rms"] == 0.0
+    assert s["zero_share"] == 1.0 and s["share_below_1e-8"] == 1.0
+    assert s["min_abs_nonzero"] is None
+
+
+def test_grad_stats_non_finite_is_reported_not_nan():
+    # 1 NaN and 1 inf out of 4: norms undefined (None), count 2; finite non-zero minimum = 2
+    s = M.grad_stats([t([float("nan"), 2.0, float("inf"), 0.0])])
+    assert s["l2"] is None and s["rms"] is None
+    assert s["nonfinite_count"] == 2
+    assert s["min_abs_nonzero"] == 2.0
+    assert s["zero_share"] == 0.25
+    assert_json_plain(s)
+
+
+# --------------------------------------------------------------------------- ratio, gap, update
+
+
+def test_ratio():
+    assert M.ratio(1.0, 4.0) == 0.25
+    assert M.ratio(1.0, 0.0) is None
+    assert M.ratio(1.0, None) is None
+    assert M.ratio(None, 2.0) is None
+    assert M.ratio(float("nan"), 2.0) is None
+
+
+def test_magnitude_gap():
+    # log10(400 / 1) = 2.602..., the study's reported 2.60
+    assert M.magnitude_gap(400.0, 1.0) == pytest.approx(math.log10(400.0))
+    # log10(1e-3 / 1e-1) = -2
+    assert M.magnitude_gap(1e-3, 1e-1) == pytest.approx(-2.0)
+    assert M.magnitude_gap(0.0, 1.0) is None
+    assert M.magnitude_gap(1.0, 0.0) is None
+    assert M.magnitude_gap(None, 1.0) is None
+
+
+def test_relative_update_whole_group_is_one_vector():
+    # before: [3, 0] and [4] -> ||before|| = 5; after - before: [0, 1] and [0] -> ||step|| = 1 -> 0.2
+    before = [t([3.0, 0.0]), t([4.0])]
+    after = [t([3.0, 1.0]), t([4.0])]
+    assert M.relative_update(before, after) == pytest.approx(0.2)
+
+
+def test_relative_update_edge_cases():
+    assert M.relative_update([torch.zeros(3)], [torch.ones(3)]) is None  # ||before|| = 0
+    assert M.relative_update([], []) is None
+    assert M.relative_update([t([2.0])], [t([2.0])]) == 0.0  # no step
+    with pytest.raises(ValueError, match="same parameters"):
+        M.relative_update([t([1.0])], [t([1.0]), t([2.0])])
+
+
+# --------------------------------------------------------------------------- fp16 underflow
+
+
+def test_fp16_underflow_min_threshold():
+    # smallest non-zero |g| = 5e-8 < 1e-7 -> underflow; below 1e-8: none of 3 -> share 0
+    r = M.fp16_underflow([t([1e-3, -5e-8, 2e-2], torch.float64)])
+    assert r["min_abs_nonzero"] == pytest.approx(5e-8)
+    assert r["share_tiny"] == 0.0
+    assert r["underflow"] is True
+
+
+def test_fp16_underflow_share_rule():
+    # 1 of 4 entries below 1e-8 (an exact 0) -> share 0.25 > 0.2; min non-zero 1e-3 is fine
+    r = M.fp16_underflow([t([0.0, 1e-3, 1e-2, 1e-1], torch.float64)])
+    assert r["share_tiny"] == 0.25
+    assert r["min_abs_nonzero"] == pytest.approx(1e-3)
+    assert r["underflow"] is True
+    # 1 of 5 -> share 0.2, not > 0.2
+    r = M.fp16_underflow([t([0.0, 1e-3, 1e-2, 1e-1, 1.0], torch.float64)])
+    assert r["share_tiny"] == pytest.approx(0.2)
+    assert r["underflow"] is False
+
+
+def test_fp16_underflow_edge_cases():
+    assert M.fp16_underflow([None]) == {"min_abs_nonzero": None, "share_tiny": None, "underflow": False}
+    # all zero: share_tiny 1 > 0.2 (the study's rule), no non-zero entry
+    r = M.fp16_underflow([torch.zeros(3)])
+    assert r == {"min_abs_nonzero": None, "share_tiny": 1.0, "underflow": True}
+
+
+# --------------------------------------------------------------------------- activation slope
+
+
+def test_activation_slope_hand_computed():
+    z = t([[0.0, 0.0]])
+    # sigmoid(0) = 0.5 -> 0.5 * 0.5 = 0.25
+    assert M.activation_slope(z, "sigmoid") == pytest.approx(0.25)
+    # softmax of equal logits over 2 options: p = 0.5 each -> 0.25
+    assert M.activation_slope(z, "softmax") == pytest.approx(0.25)
+    # tanh(0) = 0 -> 1
+    assert M.activation_slope(z, "tanh") == pytest.approx(1.0)
+    # softmax over 4 equal logits: p = 1/4 -> p(1-p) = 3/16
+    assert M.activation_slope(torch.zeros(3, 4), "softmax") == pytest.approx(3 / 16)
+    # relu: 2 of 4 logits > 0 (0 is not)
+    assert M.activation_slope(t([-1.0, 0.0, 2.0, 3.0]), "relu") == 0.5
+    # saturated sigmoid at z = 10: s(1-s) = e^-10 / (1 + e^-10)^2 ~ 4.54e-5
+    assert M.activation_slope(t([10.0]), "sigmoid") == pytest.approx(math.exp(-10) / (1 + math.exp(-10)) ** 2)
+
+
+def test_activation_slope_undefined():
+    assert M.activation_slope(t([0.0]), None) is None
+    assert M.activation_slope(t([0.0]), "argmax") is None
+    assert M.activation_slope(None, "sigmoid") is None
+    assert M.activation_slope(torch.zeros(0, 3), "sigmoid") is None
+
+
+# --------------------------------------------------------------------------- gate outputs
+
+
+def test_gate_output_stats_mask_hand_computed():
+    # rows (inputs) x options:
+    #   [1.0, 0.2]
+    #   [0.0, 0.2]
+    # option 0: mean 0.5, population std 0.5; option 1: mean 0.2, std 0 -> input_std 0.25
+    # saturation (eps 0.01): 1.0 and 0.0 -> 2 of 4 = 0.5; overall mean (1 + 0.2 + 0 + 0.2) / 4 = 0.35
+    # effective length: row 0 has 1 value > 0.5, row 1 none -> 0.5
+    # binary entropy: H(1) = H(0) = 0, H(0.2) = -(0.2 ln 0.2 + 0.8 ln 0.8) = 0.500402...; mean = 2 * 0.5004 / 4
+    g = t([[1.0, 0.2], [0.0, 0.2]])
+    s = M.gate_output_stats(g, "mask")
+    h02 = -(0.2 * math.log(0.2) + 0.8 * math.log(0.8))
+    assert s["per_option_mean"] == pytest.approx([0.5, 0.2])
+    assert s["per_option_std"] == pytest.approx([0.5, 0.0], abs=1e-7)
+    assert s["input_std"] == pytest.approx(0.25)
+    assert s["saturation"] == 0.5
+    assert s["mean"] == pytest.approx(0.35)
+    assert s["effective_length"] == 0.5
+    assert s["binary_entropy"] == pytest.approx(h02 / 2)
+    assert s["sample_entropy"] is None and s["usage_entropy"] is None
+    assert s["effective_options"] is None and s["top_share"] is None
+    assert_json_plain(s)
+
+
+def test_gate_output_stats_simplex_hand_computed():
+    # rows: [1, 0] and [0.5, 0.5]
+    # sample entropy: 0 and ln 2 -> mean ln2 / 2
+    # usage = (0.75, 0.25): H = -(0.75 ln 0.75 + 0.25 ln 0.25) = 0.562335...; effective exp(H) = 1.7548...
+    # top share 0.75; saturation: 1 and 0 -> 2 of 4; per-option std: |1 - 0.5| / 2 = 0.25 each -> input_std 0.25
+    g = t([[1.0, 0.0], [0.5, 0.5]])
+    s = M.gate_output_stats(g, "simplex")
+    h_usage = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    assert s["sample_entropy"] == pytest.approx(LN2 / 2)
+    assert s["usage_entropy"] == pytest.approx(h_usage)
+    assert s["effective_options"] == pytest.approx(math.exp(h_usage))
+    assert s["top_share"] == pytest.approx(0.75)
+    assert s["saturation"] == 0.5
+    assert s["input_std"] == pytest.approx(0.25)
+    assert s["effective_length"] is None and s["binary_entropy"] is None
+    assert_json_plain(s)
+
+
+def test_gate_output_stats_same_keys_for_both_kinds():
+    g = torch.full((3, 4), 0.25)
+    assert set(M.gate_output_stats(g, "mask")) == set(M.gate_output_stats(g, "simplex"))
+
+
+def test_gate_output_stats_constant_simplex_is_one_option():
+    # every row picks option 2: usage one-hot -> H 0, exp(0) = 1 effective option, input std 0
+    g = torch.zeros(5, 3)
+    g[:, 2] = 1.0
+    s = M.gate_output_stats(g, "simplex")
+    assert s["usage_entropy"] == 0.0 and s["effective_options"] == 1.0
+    assert s["input_std"] == 0.0 and s["top_share"] == 1.0 and s["saturation"] == 1.0
+
+
+def test_gate_output_stats_single_sample_and_empty():
+    s = M.gate_output_stats(t([[0.3, 0.9]]), "mask")  # B = 1: std 0 by definition (ddof 0)
+    assert s["per_option_std"] == [0.0, 0.0] and s["input_std"] == 0.0
+    assert s["effective_length"] == 1.0
+    empty = M.gate_output_stats(torch.zeros(0, 3), "mask")
+    assert all(v is None for v in empty.values())
+    assert_json_plain(empty)
+
+
+def test_gate_output_stats_rejects_bad_input():
+    with pytest.raises(ValueError, match=r"\(B, K\)"):
+        M.gate_output_stats(torch.zeros(3), "mask")
+    with pytest.raises(ValueError, match="kind"):
+        M.gate_output_stats(torch.zeros(2, 2), "soft")
+
+
+# --------------------------------------------------------------------------- choices and MI
+
+
+def test_choices_from_gate():
+    # simplex: argmax per row
+    assert M.choices_from_gate(t([[0.1, 0.9], [0.7, 0.3]]), "simplex").tolist() == [1, 0]
+    # mask: bits (g > 0.5) with option k worth 2^k: [1,0,1] -> 1 + 4 = 5; [0,1,0] -> 2; [0,0,0] -> 0
+    g = t([[0.9, 0.1, 0.6], [0.2, 0.8, 0.5], [0.0, 0.0, 0.0]])
+    codes = M.choices_from_gate(g, "mask")
+    assert codes.dtype == torch.long and codes.tolist() == [5, 2, 0]
+
+
+def test_choices_from_gate_wide_mask_counts_open_options():
+    # K = 70 > 62: code = number of open options; row 0 opens 3, row 1 opens 70
+    g = torch.zeros(2, 70)
+    g[0, [0, 10, 69]] = 1.0
+    g[1] = 1.0
+    assert M.choices_from_gate(g, "mask").tolist() == [3, 70]
+
+
+def test_mutual_information_hand_computed():
+    # choice = label (2 classes, balanced): MI = H = ln 2; normalised 1
+    assert M.mutual_information([0, 0, 1, 1], [0, 0, 1, 1]) == pytest.approx(LN2)
+    assert M.normalized_mutual_information([0, 0, 1, 1], [5, 5, 7, 7]) == pytest.approx(1.0)
+    # independent: joint uniform over 4 cells -> p(c,y) = p(c)p(y) -> MI 0
+    assert M.mutual_information([0, 0, 1, 1], [0, 1, 0, 1]) == pytest.approx(0.0, abs=1e-12)
+    # choices [0,0,1,1], labels [0,0,0,1]: H(c) = ln2, H(y) = H(1/4) = 0.5623, joint over cells
+    # (0,0)=1/2, (1,0)=1/4, (1,1)=1/4 -> H(c,y) = 1.5 ln 2 -> MI = ln2 + 0.5623 - 1.5 ln2 = 0.2158
+    h_y = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
+    mi = M.mutual_information(torch.tensor([0, 0, 1, 1]), torch.tensor([0, 0, 0, 1]))
+    assert mi == pytest.approx(LN2 + h_y - 1.5 * LN2)
+    # normalised by min(H(c), H(y)) = H(y) = 0.5623
+    assert M.normalized_mutual_information([0, 0, 1, 1], [0, 0, 0, 1]) == pytest.approx(mi / h_y)
+
+
+def test_mutual_information_edge_cases():
+    assert M.mutual_information([], []) is None
+    assert M.normalized_mutual_information([], []) is None
+    assert M.mutual_information([3], [1]) == 0.0  # single sample: nothing varies
+    # constant choice: H(choice) = 0 -> MI 0 and normalised 0.0 by definition
+    assert M.mutual_information([2, 2, 2], [0, 1, 2]) == 0.0
+    assert M.normalized_mutual_information([2, 2, 2], [0, 1, 2]) == 0.0
+    with pytest.raises(ValueError, match="one label per choice"):
+        M.mutual_information([0, 1], [0])
+    with pytest.raises(TypeError, match="integer codes"):
+        M.mutual_information(torch.tensor([0.5]), torch.tensor([1]))
+
+
+# --------------------------------------------------------------------------- layer slope
+
+
+def test_layer_slope():
+    # norms 1, 0.1, 0.01: log10 = 0, -1, -2 -> slope -1 decade per layer
+    assert M.layer_slope([1.0, 0.1, 0.01]) == pytest.approx(-1.0)
+    # layer 1 unusable (0) -> points (0, 0) and (2, -2): slope -1; layer indices are kept
+    assert M.layer_slope([1.0, 0.0, 0.01]) == pytest.approx(-1.0)
+    assert M.layer_slope(torch.tensor([10.0, 100.0])) == pytest.approx(1.0)
+    assert M.layer_slope([1.0, None, -3.0]) is None  # one usable point
+    assert M.layer_slope([]) is None
+
+
+# --------------------------------------------------------------------------- loss competition
+
+
+def test_loss_competition_hand_computed():
+    # ce = (1, 0), reg = (0, 1): angle 90; sum (1, 1) has norm sqrt 2; norms sum 2
+    # cancellation = 1 - sqrt2 / 2 = 0.2929 (< 0.3); regulariser share = 1 / 2 = 0.5 (not > 0.5)
+    r = M.loss_competition({"ce": t([1.0, 0.0]), "reg": t([0.0, 1.0])}, regularisers=("reg",))
+    assert r["angles"] == {"ce|reg": pytest.approx(90.0)}
+    assert r["max_angle"] == pytest.approx(90.0)
+    assert r["cancellation"] == pytest.approx(1 - math.sqrt(2) / 2)
+    assert r["regulariser_share"] == pytest.approx(0.5)
+    assert r["conflict"] is True and r["cancellation_flag"] is False and r["regulariser_flag"] is False
+    assert_json_plain(r)
+
+
+def test_loss_competition_opposed_terms_cancel():
+    # ce = (1, 0), sparsity = (-3, 0): angle 180; ||sum|| = 2, sum of norms 4 -> cancellation 0.5
+    # regulariser share 3 / 4; a zero term and a None term give None angles and add nothing
+    r = M.loss_competition({"ce": t([1.0, 0.0]), "sparsity": t([-3.0, 0.0]), "smooth": torch.zeros(2),
+                            "cycle": None}, regularisers=("sparsity", "smooth", "not_configured"))
+    assert r["angles"]["ce|sparsity"] == pytest.approx(180.0)
+    assert r["angles"]["ce|smooth"] is None and r["angles"]["sparsity|cycle"] is None
+    assert len(r["angles"]) == 6  # 4 terms -> 4 * 3 / 2 pairs
+    assert r["cancellation"] == pytest.approx(0.5)
+    assert r["regulariser_share"] == pytest.approx(0.75)
+    assert r["conflict"] and r["cancellation_flag"] and r["regulariser_flag"]
+
+
+def test_loss_competition_edge_cases():
+    r = M.loss_competition({"ce": torch.zeros(3), "reg": None}, regularisers=("reg",))
+    assert r["max_angle"] is None and r["cancellation"] is None and r["regulariser_share"] is None
+    assert not (r["conflict"] or r["cancellation_flag"] or r["regulariser_flag"])
+    # a single aligned term: cancellation 1 - 1 = 0
+    single = M.loss_competition({"ce": t([2.0, 0.0])})
+    assert single["angles"] == {} and single["cancellation"] == 0.0 and single["regulariser_share"] == 0.0
+    with pytest.raises(ValueError, match="same parameters"):
+        M.loss_competition({"a": torch.ones(2), "b": torch.ones(3)})
+
+
+# --------------------------------------------------------------------------- pattern stats
+
+
+def test_pattern_stats_decay():
+    # v = 0.9, 0.7, 0.3, 0.1: mean 0.5, deviations +-0.4, +-0.2 -> var (0.16+0.04)*2/4 = 0.1 -> std 0.3162
+    # effective length 2 (0.9, 0.7); corr(index, v): index deviations -1.5, -0.5, 0.5, 1.5 (sum sq 5),
+    # value deviations 0.4, 0.2, -0.2, -0.4 (sum sq 0.4), cross sum -0.6 - 0.1 - 0.1 - 0.6 = -1.4
+    # -> corr = -1.4 / sqrt(5 * 0.4) = -1.4 / sqrt(2) = -0.98995 < -0.5 (decay)
+    v = [0.9, 0.7, 0.3, 0.1]
+    s = M.pattern_stats(v)
+    h = lambda p: -(p * math.log(p) + (1 - p) * math.log(1 - p))  # noqa: E731
+    assert s["std"] == pytest.approx(math.sqrt(0.1))
+    assert s["uniform"] is False
+    assert s["effective_length"] == 2
+    assert s["binary_entropy"] == pytest.approx((2 * h(0.9) + 2 * h(0.7)) / 4)
+    assert s["depth_monotonicity"] == pytest.approx(-1.4 / math.sqrt(2.0))
+    assert s["decay"] is True
+    assert_json_plain(s)
+
+
+def test_pattern_stats_uniform_and_edges():
+    # constant 0.73 (sigmoid(1), the study's init): std 0 -> uniform; correlation undefined
+    s = M.pattern_stats(torch.full((8,), 0.73))
+    assert s["std"] == 0.0 and s["uniform"] is True and s["effective_length"] == 8
+    assert s["depth_monotonicity"] is None and s["decay"] is False
+    one = M.pattern_stats([0.2])
+    assert one["depth_monotonicity"] is None and one["effective_length"] == 0
+    empty = M.pattern_stats([])
+    assert empty["std"] is None and empty["effective_length"] is None and empty["uniform"] is False
+    # the study's hard 0/1 gates: entropy exactly 0 (0 ln 0 = 0), not NaN
+    assert M.pattern_stats([0.0, 1.0])["binary_entropy"] == 0.0
+
+
+# --------------------------------------------------------------------------- logit sensitivity
+
+
+def test_logit_sensitivity():
+    base = torch.zeros(2, 3)
+    # sigma 0.1: all moved by 0.001 -> 0.001; sigma 1.0: half the entries moved by 0.04 -> 0.02
+    noisy = {0.1: torch.full((2, 3), 0.001), 1.0: t([[0.04, -0.04, 0.04], [0.0, 0.0, 0.0]])}
+    r = M.logit_sensitivity(base, noisy)
+    assert r["per_sigma"][0.1] == pytest.approx(0.001)
+    assert r["per_sigma"][1.0] == pytest.approx(0.02)
+    assert r["max"] == pytest.approx(0.02) and r["inert"] is False
+    assert M.logit_sensitivity(base, {0.5: torch.full((2, 3), 0.005)})["inert"] is True
+    assert M.logit_sensitivity(base, {}) == {"per_sigma": {}, "max": None, "inert": False}
+    with pytest.raises(ValueError, match="same batch"):
+        M.logit_sensitivity(base, {0.1: torch.zeros(3, 3)})
+
+
+# --------------------------------------------------------------------------- median, tail
+
+
+def test_median_and_tail():
+    assert M.median([3.0, None, 1.0, 2.0]) == 2.0
+    assert M.median([4.0, 1.0, 3.0, 2.0]) == 2.5  # (2 + 3) / 2
+    assert M.median([None, float("nan")]) is None
+    assert M.median([]) is None
+    assert M.tail(range(10), 0.5) == [5, 6, 7, 8, 9]
+    assert M.tail(range(10), 0.3) == [7, 8, 9]  # ceil(3) = 3
+    assert len(M.tail(range(25), 0.28)) == 7  # 0.28 * 25 = 7.000000000000001 in floats: must not become 8
+    assert M.tail(range(3), 0.5) == [1, 2]  # ceil(1.5) = 2
+    assert M.tail(range(3), 0.0) == [2]  # at least one
+    assert M.tail(range(3), 2.0) == [0, 1, 2]
+    assert M.tail([], 0.5) == []
+
+
+# --------------------------------------------------------------------------- verdict
+
+
+def verdict(**over):
+    """A healthy input-dependent mask gate unless overridden."""
+    args = dict(rho_median=0.2, input_std=0.1, saturation=0.1, effective_options=None, delta_acc=3.0,
+                input_dependent=True, thresholds=DEFAULT_THRESHOLDS)
+    args.update(over)
+    return gate_verdict(**args)
+
+
+def test_thresholds_defaults_and_help():
+    assert DEFAULT_THRESHOLDS == dict(RHO_MIN=0.01, STD_MIN=0.01, SAT_MAX=0.9, EFF_MIN=1.1, DELTA_MIN=0.5,
+                                      WINDOW=0.5, GAP_SEVERE=2.0)
+    assert set(THRESHOLD_HELP) == set(DEFAULT_THRESHOLDS)
+
+
+def test_verdict_healthy():
+    v, reasons = verdict()
+    assert v == "healthy"
+    assert "rho median 0.2 >= RHO_MIN 0.01" in reasons
+
+
+def test_verdict_imbalanced():
+    v, reasons = verdict(rho_median=3.2e-4)
+    assert v == "imbalanced"
+    assert "rho median 3.2e-04 < RHO_MIN 0.01" in reasons
+
+
+def test_verdict_no_task_grad_skips_rho():
+    v, reasons = verdict(rho_median=0.0, no_task_grad=True)
+    assert v == "healthy"
+    assert any("no task-loss gradient by design" in r and "rho not used" in r for r in reasons)
+
+
+def test_verdict_degraded_by_each_rule():
+    # saturation 0.95 > 0.9 but the counterfactual still moves accuracy by 2 points -> degraded
+    assert verdict(saturation=0.95, delta_acc=2.0)[0] == "degraded"
+    # input std 0.001 < 0.01
+    assert verdict(input_std=0.001, delta_acc=-2.0)[0] == "degraded"
+    # simplex with one effective option
+    v, reasons = verdict(kind="simplex", effective_options=1.02)
+    assert v == "degraded" and any("EFF_MIN 1.1" in r for r in reasons)
+    # effective options are not a mask gate's test
+    assert verdict(kind="mask", effective_options=1.0)[0] == "healthy"
+
+
+def test_verdict_collapsed_outranks_imbalanced():
+    # degraded (std 0) and |delta| 0.2 < 0.5 -> collapsed, even though rho is also tiny
+    v, reasons = verdict(rho_median=1e-4, input_std=0.0, delta_acc=-0.2)
+    assert v == "collapsed"
+    assert any("< RHO_MIN" in r for r in reasons)  # the outranked finding is still reported
+
+
+def test_verdict_degraded_without_counterfactual():
+    v, reasons = verdict(saturation=0.99, delta_acc=None)
+    assert v == "degraded"
+    assert any("cannot tell collapsed from degraded" in r for r in reasons)
+
+
+def test_verdict_per_task_gate_input_std_not_applicable():
+    # a per-task gate has input std 0 by construction: not degraded for that
+    v, reasons = verdict(input_std=0.0, input_dependent=False, delta_acc=0.0)
+    assert v == "healthy"
+    assert "per-task gate: input sensitivity not applicable" in reasons
+    # but a saturated per-task gate with no counterfactual effect has collapsed
+    assert verdict(input_std=0.0, input_dependent=False, saturation=1.0, delta_acc=0.0)[0] == "collapsed"
+
+
+def test_verdict_thresholds_partial_override_and_unmeasured():
+    # RHO_MIN raised to 0.5: rho 0.2 is now imbalanced; other keys keep their defaults
+    assert verdict(thresholds={"RHO_MIN": 0.5, "UNRELATED": 1})[0] == "imbalanced"
+    v, reasons = verdict(rho_median=None, input_std=float("nan"), saturation=None, delta_acc=None,
+                         thresholds=None)
+    assert v == "healthy" and v in VERDICTS
+    assert any("rho not measured" in r for r in reasons)
+    with pytest.raises(ValueError, match="kind"):
+        verdict(kind="soft")
