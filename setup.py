@@ -28,6 +28,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest"],
+        "sweep": ["ray>=2.9"],
     },
     entry_points={
         "console_scripts": ["gatescope = trainers.cli:main"],

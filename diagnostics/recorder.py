@@ -147,14 +147,16 @@ class RunDiagnostics:
             rec["fp16_underflow"] = underflow
         layers = getattr(self.trainer.model.prompt_learner, "deep_prompt_layers", None)
         if layers is not None:
-            norms = [metrics.grad_stats([p.grad]).get("l2") for p in layers()]
+            norms = [float(p.grad.detach().double().norm()) if p.grad is not None else None for p in layers()]
             rec["layer_l2"] = norms
             rec["layer_slope"] = metrics.layer_slope([n or 0.0 for n in norms])
         for name, track in self.tracks.items():
             g = rec["gates"].setdefault(name, {})
             params = [p for p in track.head.parameters() if p.requires_grad]
             if params:
-                stats = metrics.grad_stats([p.grad for p in params])
+                # A single gate holding the whole "gate" group: its figures are the group's.
+                same = len(self.tracks) == 1 and len(params) == len(self.group_params.get("gate", ()))
+                stats = gate if same and gate is not None else metrics.grad_stats([p.grad for p in params])
                 g.update(grad_l2=stats["l2"], grad_rms=stats["rms"], rho=_rho(stats, prompt),
                          magnitude_gap=metrics.magnitude_gap(prompt.get("l2"), stats["l2"]))
             logits = getattr(track.head.gate, "last_logits", None)

@@ -97,6 +97,8 @@ def plugins_main(argv=None):
 COMMANDS = {
     "train": "train or evaluate a model (the flags of CoOp's train.py)",
     "plugins": "list installed plugins, the gates and trainers they provide",
+    "summarize": "tables of a folder of runs: mean ± std over seeds, base / new / HM, gate verdicts",
+    "sweep": "run a study grid (GRID.yaml) on Ray, skipping finished runs",
 }
 
 
@@ -113,6 +115,12 @@ def main(argv=None):
         return 0
     if command == "plugins":
         return plugins_main(rest)
+    if command == "summarize":
+        from trainers.tools.summarize import summarize_main
+        return summarize_main(rest)
+    if command == "sweep":
+        from trainers.tools.sweep import sweep_main
+        return sweep_main(rest)
     print(f"gatescope: unknown command {command!r}; available: {', '.join(COMMANDS)}", file=sys.stderr)
     return 2
 

@@ -1,0 +1,132 @@
+"""`gatescope sweep`: grid expansion (no Ray) and four tiny demo runs on a local Ray with 2 CPUs."""
+import json
+import os
+import re
+
+import pytest
+import yaml
+
+from conftest import REPO
+from trainers.tools.grid import GridError, expand_grid, load_grid
+from trainers.tools.layout import run_dir
+from trainers.tools.runs import is_complete
+from trainers.tools.sweep import sweep_main
+
+DEMO_CONFIG = os.path.join(REPO, "configs", "trainers", "CoOpGated", "demo.yaml")
+
+
+def grid_spec(tmp_path, **overrides):
+    spec = {"name": "t", "output": str(tmp_path / "output"), "data": str(tmp_path / "data"),
+            "datasets": ["gatescope_demo"], "seeds": [1, 2], "shots": 4,
+            "trainers": {"CoOp": {"configs": ["demo"]}, "CoOpGated": {"configs": ["demo"], "gates": ["mlp"]}}}
+    spec.update(overrides)
+    return spec
+
+
+def test_base2new_cells_train_on_base_then_test_new_from_that_model(tmp_path):
+    grid = expand_grid(grid_spec(tmp_path, protocol="base2new", opts=["OPTIM.MAX_EPOCH", 2]))
+    assert len(grid.cells) == 4
+    cell = next(c for c in grid.cells if c.trainer == "CoOpGated" and c.seed == 2)
+    train, test = cell.steps
+    out = str(tmp_path / "output")
+    assert train.output_dir == run_dir(out, "base2new", "train_base", "gatescope_demo", 4, "CoOpGated", "demo@mlp", 2)
+    assert test.output_dir == run_dir(out, "base2new", "test_new", "gatescope_demo", 4, "CoOpGated", "demo@mlp", 2)
+    assert test.model_dir == train.output_dir
+    # the protocol's keys come last, after the grid's opts and the gate
+    assert train.argv()[-8:] == ["OPTIM.MAX_EPOCH", "2", "GATE.NAME", "mlp", "DATASET.NUM_SHOTS", "4",
+                                 "DATASET.SUBSAMPLE_CLASSES", "base"]
+    argv = test.argv(load_epoch=2)
+    assert argv[argv.index("--model-dir") + 1] == train.output_dir
+    assert argv[argv.index("--load-epoch") + 1] == "2" and "--eval-only" in argv
+    assert argv[-2:] == ["DATASET.SUBSAMPLE_CLASSES", "new"]
+    with pytest.raises(ValueError, match="load_epoch"):
+        test.argv()
+
+
+def test_xd_and_dg_share_one_training_per_method_and_seed(tmp_path):
+    grid = expand_grid(grid_spec(tmp_path, protocol=["xd", "dg"], seeds=[1],
+                                 xd={"source": "gatescope_demo", "targets": ["imagenet_r", "eurosat"]},
+                                 dg={"source": "gatescope_demo", "targets": ["imagenet_r"]}))
+    assert len(grid.cells) == 2  # CoOp and CoOpGated@mlp, seed 1
+    phases = [(step.phase, os.path.relpath(step.output_dir, grid.output).split(os.sep)[:3])
+              for step in grid.cells[0].steps]
+    assert phases == [("train", ["xd", "train", "gatescope_demo"]), ("test", ["xd", "test", "imagenet_r"]),
+                      ("test", ["xd", "test", "eurosat"]), ("test", ["dg", "test", "imagenet_r"])]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"protocol": "zero_shot"}, "unknown protocol 'zero_shot'"),
+    ({"seed": [1]}, r"unknown key\(s\) \['seed'\]"),
+    ({"opts": ["OPTIM.MAX_EPOCH"]}, "KEY VALUE pairs"),
+    ({"trainers": {"CoOp": {"configs": ["no_such_cfg"]}}}, "no trainer config named 'no_such_cfg'"),
+    ({"datasets": ["no_such_dataset"]}, "no dataset config named 'no_such_dataset'"),
+])
+def test_grid_errors_say_what_is_wrong(tmp_path, change, message):
+    with pytest.raises(GridError, match=message):
+        expand_grid(grid_spec(tmp_path, **change))
+
+
+def test_dry_run_prints_every_command(tmp_path, capsys):
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid_spec(tmp_path, protocol="fewshot")))
+    assert sweep_main([str(path), "--dry-run"]) == 0
+    commands = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("#")]
+    assert len(commands) == 4 and all(" -m trainers.cli train " in c for c in commands)
+
+
+def test_demo_grid_expands():
+    grid = load_grid(os.path.join(REPO, "scripts", "grids", "demo_grid.yaml"))
+    assert len(grid.cells) == 9 and all(len(cell.steps) == 2 for cell in grid.cells)
+
+
+@pytest.fixture()
+def demo_ready(demo_root):
+    """Demo weights and dataset made once here, not by four runs racing to make them."""
+    from trainers.backbone.demo_weights import ensure_demo_weights
+    from trainers.data.demo_images import ensure_demo_dataset
+
+    ensure_demo_weights(verbose=False)
+    ensure_demo_dataset(os.path.join(demo_root, "gatescope_demo"))
+    return demo_root
+
+
+def test_sweep_on_local_ray_records_a_failure_and_reruns_only_it(tmp_path, demo_ready, capsys, monkeypatch):
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        pytest.fail("the sweep runs on Ray: install the extra, pip install -e '.[test,sweep]'")
+
+    monkeypatch.setenv("PYTHONPATH", REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    gated_cfg = tmp_path / "gated_demo.yaml"
+    good = open(DEMO_CONFIG).read()
+    gated_cfg.write_text(good.replace('NAME: "mlp"', 'NAME: "no_such_gate"'))
+    spec = grid_spec(tmp_path, protocol="fewshot", shots=2, data=demo_ready, seeds=[1, 2, 3],
+                     opts=["OPTIM.MAX_EPOCH", 1], env={"HF_HUB_OFFLINE": "1"},
+                     trainers={"CoOp": {"configs": ["demo"]}, "CoOpGated": {"configs": [str(gated_cfg)], "seeds": [1]}})
+    grid_file = tmp_path / "grid.yaml"
+    grid_file.write_text(yaml.safe_dump(spec))
+    out = str(tmp_path / "output")
+    failed_dir = run_dir(out, "fewshot", "", "gatescope_demo", 2, "CoOpGated", "gated_demo", 1)
+
+    # 1st sweep: three CoOp runs finish, the gated one fails on its unknown gate
+    assert sweep_main([str(grid_file), "--num-cpus", "2", "--no-progress"]) == 1
+    printed = capsys.readouterr().out
+    assert "4 runs; 0 already finished, 3 finished now, 1 failed" in printed
+    assert re.search(r"FAILED fewshot/gatescope_demo/shots_2/CoOpGated/gated_demo/seed1 \[train\]: .*no_such_gate",
+                     printed)
+    assert re.search(r"failed\s+\S*CoOpGated/gated_demo/seed1", printed)  # listed in the summary table
+    with open(os.path.join(out, "sweeps", "t", "failures.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    assert [r["output_dir"] for r in records] == [failed_dir] and "no_such_gate" in records[0]["error_tail"]
+    assert all(is_complete(run_dir(out, "fewshot", "", "gatescope_demo", 2, "CoOp", "demo", s)) for s in (1, 2, 3))
+    assert not is_complete(failed_dir)
+
+    # the config is mended; the same sweep again starts only the missing run
+    gated_cfg.write_text(good)
+    assert sweep_main([str(grid_file), "--num-cpus", "2", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "4 runs; 3 already finished, 1 finished now, 0 failed" in printed
+    assert is_complete(failed_dir)
+    assert re.search(r"gatescope_demo\s+CoOp\s+demo\s+2\s+3\s+\d+\.\d\d ± \d+\.\d\d", printed)
+    with open(os.path.join(out, "sweeps", "t", "failures.jsonl")) as f:
+        assert f.read() == ""
