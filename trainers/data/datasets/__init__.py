@@ -10,6 +10,7 @@ from . import (  # noqa: F401  (each module registers its dataset)
     fgvc_aircraft,
     food101,
     gatescope_demo,
+    gatescope_domains,
     imagefolder,
     imagenet,
     imagenet_a,

@@ -1,0 +1,50 @@
+"""The controlled benchmark's two tasks (see trainers/data/domain_tasks.py), generated on first use.
+
+`GatescopeHomogeneous`: one domain; `GatescopeMultiDomain`: two domains whose label mappings
+differ. `DATASET.SOURCE_DOMAINS` (e.g. ["dark"]) keeps only the named domains in every split:
+the oracle of the benchmark trains one prompt per domain this way.
+"""
+import os.path as osp
+
+from ..domain_tasks import SPLIT_FILE, TASKS, ensure_domain_task
+from ..registry import DATASET_REGISTRY
+from ..split_dataset import SplitFileDataset
+
+
+class DomainTaskDataset(SplitFileDataset):
+    task = ""
+    image_subdir = "images"
+    split_file = SPLIT_FILE
+    missing_split_hint = "the domain task is incomplete: delete its folder and it is generated again"
+
+    def __init__(self, cfg):
+        self.keep_domains = list(cfg.DATASET.SOURCE_DOMAINS or [])
+        unknown = [d for d in self.keep_domains if d not in self.domains]
+        if unknown:
+            raise ValueError(f"DATASET.SOURCE_DOMAINS {unknown} are not domains of {type(self).__name__}; "
+                             f"its domains are {self.domains}")
+        super().__init__(cfg)
+
+    def read_splits(self):
+        ensure_domain_task(self.dataset_dir, self.task)
+        splits = super().read_splits()
+        if not self.keep_domains:
+            return splits
+        keep = {self.domains.index(d) for d in self.keep_domains}
+        # Few-shot samples of a domain subset are cached apart from the full task's.
+        self.split_fewshot_dir = osp.join(self.dataset_dir, "split_fewshot_" + "+".join(self.keep_domains))
+        return tuple([item for item in split if item.domain in keep] for split in splits)
+
+
+@DATASET_REGISTRY.register()
+class GatescopeHomogeneous(DomainTaskDataset):
+    task = "homogeneous"
+    dataset_dir = "gatescope_homogeneous"
+    domains = list(TASKS["homogeneous"]["domains"])
+
+
+@DATASET_REGISTRY.register()
+class GatescopeMultiDomain(DomainTaskDataset):
+    task = "multidomain"
+    dataset_dir = "gatescope_multidomain"
+    domains = list(TASKS["multidomain"]["domains"])
