@@ -91,6 +91,28 @@ def _check_gate_matrix(g, kind):
 # --------------------------------------------------------------------------- gradients
 
 
+# Up to this many entries a group's gradients are concatenated and reduced in one pass.
+FUSED_MAX_NUMEL = 1 << 22
+
+
+def _reduction_row(g):
+    """[sum of finite g^2, #zeros, #(|g| < 1e-8), #non-finite, min nonzero finite |g|] of a flat
+    float64 tensor; counts are exact in float64 up to 2^53 entries."""
+    a = g.abs()
+    finite = torch.isfinite(g)
+    if not a.numel():
+        min_abs = torch.tensor(math.inf, dtype=torch.float64, device=g.device)
+    else:
+        min_abs = torch.where(finite & (g != 0), a, math.inf).min()
+    return torch.stack([
+        torch.where(finite, g * g, 0.0).sum(),
+        (g == 0).sum(dtype=torch.float64),
+        (a < 1e-8).sum(dtype=torch.float64),
+        (~finite).sum(dtype=torch.float64),
+        min_abs,
+    ])
+
+
 def grad_stats(grads):
     """Size and shape of one parameter group's gradient, treating the group as one flat vector.
 
@@ -117,26 +139,16 @@ def grad_stats(grads):
              "min_abs_nonzero": None, "share_below_1e-8": None, "nonfinite_count": 0}
     if numel == 0:
         return stats
-    # Reduce each tensor on its own device and synchronise once: no float64 copy of a 9M-entry
-    # prompt gradient is concatenated, and the host waits for the device a single time.
-    rows = []
-    for g in flat:
-        a = g.abs()
-        finite = torch.isfinite(g)
-        usable = finite & (g != 0)
-        inf = torch.full_like(a, math.inf)
-        rows.append(torch.stack([
-            torch.where(finite, g * g, torch.zeros_like(g)).sum(),
-            (g == 0).sum().to(torch.float64),
-            (a < 1e-8).sum().to(torch.float64),
-            (~finite).sum().to(torch.float64),
-            torch.where(usable, a, inf).min() if a.numel() else torch.tensor(math.inf, dtype=torch.float64,
-                                                                             device=a.device),
-        ]))
-    # One (tensors x 5) table: counts are exact in float64 up to 2^53 entries.
-    table = torch.stack([r.to(flat[0].device) for r in rows])
-    total_sq, n_zero, n_below, n_nonfinite = table[:, :4].sum(dim=0).tolist()
-    min_abs = table[:, 4].min().item()
+    # Small groups (gates, CoOp's context): one concatenated vector and one fused reduction, so
+    # the per-step cost is a handful of kernel launches whatever the number of tensors. Large
+    # groups on several devices, or beyond FUSED_MAX_NUMEL entries, are reduced tensor by tensor
+    # (no float64 copy of a 9M-entry prompt gradient is concatenated); either way the host
+    # waits for the device a single time.
+    same_device = len({g.device for g in flat}) == 1
+    parts = [torch.cat(flat)] if same_device and numel <= FUSED_MAX_NUMEL else flat
+    table = torch.stack([_reduction_row(g).to(flat[0].device) for g in parts])
+    summary = torch.cat([table[:, :4].sum(dim=0), table[:, 4].min().view(1)])
+    total_sq, n_zero, n_below, n_nonfinite, min_abs = summary.tolist()
     stats["nonfinite_count"] = int(n_nonfinite)
     stats["zero_share"] = n_zero / numel
     stats["share_below_1e-8"] = n_below / numel

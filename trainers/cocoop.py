@@ -17,6 +17,7 @@ from yacs.config import CfgNode as CN
 
 from .backbone.adapter import cosine_logits
 from .engine import TRAINER_REGISTRY
+from .feature_cache import FeatureCacheMixin, image_features_of
 from .prompt_trainer import PromptTrainer
 from .prompting import ClassPromptTemplate, init_context, prompts_per_chunk
 
@@ -54,7 +55,7 @@ class CoCoOpCLIP(nn.Module):
         self.max_prompts = prompts_per_chunk(backbone, prompt_learner.template.seq_len, memory_mb)
 
     def image_features(self, image):
-        features = self.backbone.encode_image(image)
+        features = image_features_of(self.backbone, image)  # (B, D) cached features pass through
         return features / features.norm(dim=-1, keepdim=True)
 
     def instance_text_features(self, image_features):
@@ -82,7 +83,7 @@ class CoCoOpCLIP(nn.Module):
 
 
 @TRAINER_REGISTRY.register()
-class CoCoOp(PromptTrainer):
+class CoCoOp(FeatureCacheMixin, PromptTrainer):
     CFG_NODE = "COCOOP"
 
     @staticmethod

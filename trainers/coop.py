@@ -9,6 +9,7 @@ from yacs.config import CfgNode as CN
 
 from .backbone.adapter import cosine_logits
 from .engine import TRAINER_REGISTRY
+from .feature_cache import FeatureCacheMixin, image_features_of
 from .prompt_trainer import PromptTrainer
 from .prompting import ClassPromptTemplate, init_context
 
@@ -45,12 +46,12 @@ class CoOpCLIP(nn.Module):
         return self.backbone.encode_text(prompts, self.prompt_learner.template.eot_idx)
 
     def forward(self, image):
-        image_features = self.backbone.encode_image(image)
+        image_features = image_features_of(self.backbone, image)  # (B, D) cached features pass through
         return cosine_logits(image_features, self.text_features(), self.backbone.logit_scale)
 
 
 @TRAINER_REGISTRY.register()
-class CoOp(PromptTrainer):
+class CoOp(FeatureCacheMixin, PromptTrainer):
     CFG_NODE = "COOP"
 
     @staticmethod

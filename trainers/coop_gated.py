@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from .backbone.adapter import cosine_logits
 from .coop import CoOp, CoOpCLIP, CoOpPromptLearner
 from .engine import TRAINER_REGISTRY
+from .feature_cache import image_features_of
 from .gating import GatedTrainer
 from .prompting import ClassPromptTemplate, init_context, prompts_per_chunk
 from .study_keys import add_study_gate_keys, resolve_study_keys
@@ -80,7 +81,7 @@ class CoOpGatedPromptLearner(CoOpPromptLearner):
 
 class CoOpGatedCLIP(CoOpCLIP):
     def forward(self, image):
-        image_features = self.backbone.encode_image(image)
+        image_features = image_features_of(self.backbone, image)  # (B, D) cached features pass through
         g = self.prompt_learner.gate(F.normalize(image_features, dim=-1))
         text = self.prompt_learner.text_features(self.backbone, g)
         return cosine_logits(image_features, text, self.backbone.logit_scale)

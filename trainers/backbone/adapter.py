@@ -146,7 +146,7 @@ class ClipBackbone(nn.Module):
         """Position of the EOT token in each tokenized prompt (it holds the largest id)."""
         return tokens.argmax(dim=-1)
 
-    def encode_text(self, prompts, eot_idx, deep_prompts=None, max_prompts=None):
+    def encode_text(self, prompts, eot_idx, deep_prompts=None, max_prompts=None, truncate=True):
         """EOT features of prompt embeddings.
 
         Args:
@@ -157,12 +157,19 @@ class ClipBackbone(nn.Module):
             max_prompts: encode at most this many prompts at a time. With gradients on, each
                 chunk is recomputed in the backward pass instead of kept (activation
                 checkpointing), so the memory held is one chunk's, and results are unchanged.
+            truncate: run only the first max(eot_idx) + 1 positions (exact on a causal text
+                transformer; see `eot_truncation_length`). False runs all L positions, the
+                reference path of the benchmarks and tests.
         Returns:
             (N, embed_dim) text features (not normalised).
         """
         if prompts.shape[1] < self.context_length and not self.text_is_causal:
             raise ValueError("this backbone's text transformer is not causal; feed all "
                              f"{self.context_length} positions")
+        if truncate:
+            length = self.eot_truncation_length(prompts, eot_idx, deep_prompts)
+            if length < prompts.shape[1]:
+                prompts = prompts[:, :length]
         prompts = prompts.to(self.dtype)
         n = prompts.shape[0]
         if max_prompts is None or n <= max_prompts:
@@ -179,6 +186,26 @@ class ClipBackbone(nn.Module):
             else:
                 outputs.append(encode_chunk(prompts[rows], eot_idx[rows]))
         return torch.cat(outputs)
+
+    def eot_truncation_length(self, prompts, eot_idx, deep_prompts=None):
+        """How many leading positions of `prompts` the EOT features depend on: max(eot) + 1.
+
+        Exact only on a causal transformer, and only when every deep prompt sits at a fixed
+        start (a `DeepPrompts` with start=None means "the last n positions", which cutting the
+        sequence would move); otherwise all positions are kept. Templates already cut their
+        buffers (`ClassPromptTemplate`), so this mostly serves 77-token inputs such as
+        `encode_text_tokens`. int() reads the maximum on the host: one sync per call.
+        """
+        full = prompts.shape[1]
+        if not self.text_is_causal or eot_idx.numel() == 0:
+            return full
+        if deep_prompts is not None and deep_prompts.start is None:
+            return full
+        length = int(eot_idx.max()) + 1
+        if deep_prompts is not None and len(deep_prompts):
+            n = max(t.shape[-2] for t in deep_prompts.tokens)
+            length = max(length, deep_prompts.start + n)
+        return min(length, full)
 
     def text_bytes_per_prompt(self, seq_len):
         """Rough activation memory of encoding one prompt of `seq_len` tokens with gradients:

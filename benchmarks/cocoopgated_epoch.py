@@ -1,0 +1,87 @@
+"""One epoch of CoCoOpGated on the demo: every fast path on (the default) vs none.
+
+Fast (the defaults): frozen image features cached, prompts encoded for the whole batch in one
+chunked call, text encoder run only up to the last EOT position. None: image features
+recomputed every step, CoCoOp's per-image loop, all 77 positions (the original code's way).
+Both trainers start from the same seed and weights; diagnostics off in both (measured apart in
+diagnostics_overhead.py). Memory: the activations autograd keeps for one step's backward.
+Run: python benchmarks/cocoopgated_epoch.py [--epochs 3]
+"""
+import argparse
+import tempfile
+
+from common import banner, demo_trainer, frozen_storages, quiet, saved_activation_bytes, timed
+
+import torch
+
+from trainers.prompting import ClassPromptTemplate
+
+
+def build(root, cache_dir, fast):
+    with quiet():
+        trainer = demo_trainer(root, tempfile.mkdtemp(), "CoCoOpGated", (
+            "DATALOADER.FEATURE_CACHE.ENABLED", fast, "DATALOADER.FEATURE_CACHE.DIR", cache_dir,
+            "DIAGNOSTICS.ENABLED", False, "OPTIM.MAX_EPOCH", 100))
+        trainer.before_train()
+        trainer.epoch = 0
+    if not fast:
+        model, backbone = trainer.model, trainer.model.backbone
+        c = trainer.cfg.TRAINER.COCOOP
+        learner = model.prompt_learner
+        learner.template = ClassPromptTemplate(backbone, trainer.dm.dataset.classnames, c.N_CTX, c.CTX_INIT,
+                                               truncate=False).to(trainer.device)
+        encode = backbone.encode_text
+        backbone.encode_text = lambda *a, **kw: encode(*a, **{**kw, "truncate": False})
+        model.forward = model.forward_per_image
+    return trainer
+
+
+def step_memory(trainer):
+    """MiB of activations saved for the backward pass of one training step."""
+    batch = next(iter(trainer.train_loader_x))
+    image, label = trainer.parse_batch_train(batch)
+    record = {}
+    with saved_activation_bytes(record) as r:
+        r["frozen"].update(frozen_storages(trainer.model.backbone))
+        loss = torch.nn.functional.cross_entropy(trainer.model(image), label)
+    loss.backward()
+    trainer.optim.zero_grad()
+    return record["peak"] / 2 ** 20
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--epochs", type=int, default=3, help="epochs timed per path (median)")
+    args = parser.parse_args()
+    root, cache_dir = tempfile.mkdtemp(prefix="gs_bench_data_"), tempfile.mkdtemp(prefix="gs_bench_fc_")
+    fast, none = build(root, cache_dir, True), build(root, cache_dir, False)
+    banner("one CoCoOpGated epoch: all fast paths vs none",
+           f"CoCoOpGated demo config, {len(fast.dm.dataset.train_x)} training images, "
+           f"batch {fast.cfg.DATALOADER.TRAIN_X.BATCH_SIZE}, gate {fast.cfg.GATE.NAME} on {fast.gate_target}")
+    with torch.no_grad():
+        images = next(iter(none.train_loader_x))["img"][:4].to(none.device)
+        none.model.eval()
+        fast.model.eval()
+        same = all(torch.equal(a, b) for a, b in zip(fast.model.prompt_learner.parameters(),
+                                                     none.model.prompt_learner.parameters()))
+        diff = (fast.model(images) - none.model(images)).abs().max().item()
+    print(f"same initial weights: {same}; max |fast - reference| logits on 4 images: {diff:.2e}")
+
+    def epoch(trainer):
+        def run():
+            with quiet():
+                trainer.run_epoch()
+        return run
+    times = {"fast": [], "none": []}
+    for _ in range(args.epochs):  # alternate: the machine's load changes over time
+        times["fast"].append(timed(epoch(fast), repeat=1, warmup=0))
+        times["none"].append(timed(epoch(none), repeat=1, warmup=0))
+    med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    mem = {"fast": step_memory(fast), "none": step_memory(none)}
+    for k in ("fast", "none"):
+        print(f"{k:5s}: epoch {med[k]:.3f} s (median of {args.epochs}), saved activations per step {mem[k]:.1f} MiB")
+    print(f"ratio: {med['none'] / med['fast']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

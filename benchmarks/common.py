@@ -1,0 +1,105 @@
+"""Shared by the benchmark scripts: timing, the demo trainer, and activation-memory accounting.
+
+Every script times the fast path and the reference-style path in the same process, after a
+warm-up, and prints `ratio: X.XX` (reference time / fast time) on its last line.
+"""
+import os
+import statistics
+import sys
+import time
+from contextlib import contextmanager
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GATESCOPE_DISABLE_PLUGIN_AUTOLOAD", "1")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+import torch  # noqa: E402
+
+
+def banner(question, setting):
+    print(f"# {question}")
+    print(f"# setting: {setting}")
+    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{'cuda' if torch.cuda.is_available() else 'cpu'}")
+
+
+def timed(fn, repeat=3, warmup=1):
+    """Median wall time of fn() over `repeat` runs after `warmup` runs (seconds)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@contextmanager
+def saved_activation_bytes(record):
+    """Peak bytes of the distinct storages autograd keeps for the backward pass while the block
+    runs (the memory that chunking with checkpointing caps); record["peak"] holds the result.
+    Storages are counted once however many tensors view them; frozen weights that an op saves
+    (they are resident anyway) are left out."""
+    frozen = set()
+    refs, live = {}, {"now": 0}
+    record["peak"] = 0
+
+    class Held:
+        def __init__(self, t):
+            self.t = t
+            storage = t.untyped_storage()
+            self.key = storage.data_ptr()
+            if isinstance(t, torch.nn.Parameter) or self.key in frozen:
+                self.key = None
+                return
+            if refs.get(self.key, 0) == 0:
+                live["now"] += storage.nbytes()
+                record["peak"] = max(record["peak"], live["now"])
+            refs[self.key] = refs.get(self.key, 0) + 1
+            self.nbytes = storage.nbytes()
+
+        def __del__(self):
+            if self.key is None:
+                return
+            refs[self.key] -= 1
+            if refs[self.key] == 0:
+                live["now"] -= self.nbytes
+
+    record["frozen"] = frozen
+    with torch.autograd.graph.saved_tensors_hooks(Held, lambda held: held.t):
+        yield record
+
+
+def frozen_storages(*modules):
+    """data_ptrs of the modules' parameters and buffers (excluded from saved_activation_bytes)."""
+    return {t.untyped_storage().data_ptr() for m in modules for t in [*m.parameters(), *m.buffers()]}
+
+
+def demo_trainer(root, out, trainer, opts=()):
+    """A trainer built from configs/trainers/<trainer>/demo.yaml (the demo data is generated once)."""
+    import trainers
+    from trainers.cli import build_train_parser
+    from trainers.engine import build_trainer
+    from trainers.engine.utils import set_random_seed
+
+    config = os.path.join(REPO, "configs", "trainers", trainer, "demo.yaml")
+    args = build_train_parser().parse_args(
+        ["--trainer", trainer, "--config-file", config, "--root", root, "--output-dir", out, "--seed", "1",
+         *map(str, opts)])
+    cfg = trainers.setup_cfg(args)
+    set_random_seed(cfg.SEED)
+    return build_trainer(cfg)
+
+
+@contextmanager
+def quiet():
+    """Silence the trainers' prints (the benchmarks print only their figures)."""
+    with open(os.devnull, "w") as devnull:
+        old = sys.stdout
+        sys.stdout = devnull
+        try:
+            yield
+        finally:
+            sys.stdout = old
