@@ -99,6 +99,7 @@ COMMANDS = {
     "plugins": "list installed plugins, the gates and trainers they provide",
     "summarize": "tables of a folder of runs: mean ± std over seeds, base / new / HM, gate verdicts",
     "sweep": "run a study grid (GRID.yaml) on Ray, skipping finished runs",
+    "study": "the controlled benchmark: when does gating work? (runs the grid, prints its tables)",
 }
 
 
@@ -118,6 +119,9 @@ def main(argv=None):
     if command == "summarize":
         from trainers.tools.summarize import summarize_main
         return summarize_main(rest)
+    if command == "study":
+        from trainers.tools.study import study_main
+        return study_main(rest)
     if command == "sweep":
         from trainers.tools.sweep import sweep_main
         return sweep_main(rest)

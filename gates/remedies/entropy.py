@@ -1,0 +1,70 @@
+"""`REMEDY.ENTROPY`: an entropy regulariser on the gate output, with an explicit direction.
+
+Failure modes targeted: "sharpen" targets **indecision** (a gate stuck near 0.5 / uniform,
+where every input is treated alike and a hard test-time gate is a coin flip); "flatten" targets
+**saturation** (a gate pinned at 0/1 or one-hot, whose slope, and so gradient, is gone). The
+study's code had both, with opposite signs in two trainers and the same name; here the
+direction is a required setting.
+
+    sharpen: + w * H   (minimised: towards 0/1, or one-hot)
+    flatten: - w * H   (minimised: towards 0.5, or uniform)
+
+H is the mean entropy of the batch's gate outputs, in nats: for a simplex gate the mean over
+rows of -sum_k g_k log g_k; for a mask gate the mean over rows and options of the binary
+entropy -(g log g + (1 - g) log(1 - g)). Taken from the logits when the gate keeps them
+(log_softmax / logsigmoid: exact at saturation), else from g clamped to [1e-8, 1].
+Summed over the gates; added to the loss as "remedy_entropy".
+"""
+from yacs.config import CfgNode as CN
+
+import torch
+import torch.nn.functional as F
+
+from .common import tell_if_no_gate, training_outputs
+
+DIRECTIONS = {"sharpen": 1.0, "flatten": -1.0}  # sign of w * H in the loss
+EPS = 1e-8
+
+
+def add_config(remedy_cfg):
+    remedy_cfg.ENTROPY = CN()
+    remedy_cfg.ENTROPY.WEIGHT = 0.0  # w >= 0; 0 = off
+    remedy_cfg.ENTROPY.DIRECTION = ""  # sharpen (towards 0/1, one-hot) | flatten (towards 0.5, uniform)
+
+
+def check(trainer, cfg):
+    node = cfg.ENTROPY
+    if node.WEIGHT < 0:
+        raise ValueError(f"REMEDY.ENTROPY.WEIGHT must be >= 0 (the sign is DIRECTION), got {node.WEIGHT}")
+    if node.WEIGHT > 0 and node.DIRECTION not in DIRECTIONS:
+        raise ValueError(f"REMEDY.ENTROPY.DIRECTION must be set to one of {tuple(DIRECTIONS)} when "
+                         f"REMEDY.ENTROPY.WEIGHT > 0 (got {node.DIRECTION!r}): sharpen pushes gates towards "
+                         "0/1 (one-hot), flatten towards 0.5 (uniform)")
+
+
+def mean_entropy(output, kind, logits=None, activation=None):
+    """H of a (B, K) gate output (formulas above)."""
+    if kind == "simplex":
+        if logits is not None and activation == "softmax":
+            log_p = F.log_softmax(logits, dim=-1)
+            return -(log_p.exp() * log_p).sum(dim=-1).mean()
+        p = output.clamp(EPS, 1.0)
+        return -(output * p.log()).sum(dim=-1).mean()
+    if logits is not None and activation == "sigmoid":
+        p = torch.sigmoid(logits)
+        return -(p * F.logsigmoid(logits) + (1 - p) * F.logsigmoid(-logits)).mean()
+    p, q = output.clamp(EPS, 1.0), (1 - output).clamp(EPS, 1.0)
+    return -(output * p.log() + (1 - output) * q.log()).mean()
+
+
+def before_train(trainer, cfg):
+    if cfg.ENTROPY.WEIGHT:
+        tell_if_no_gate(trainer, "REMEDY.ENTROPY")
+
+
+def gate_losses(trainer, cfg):
+    node = cfg.ENTROPY
+    if node.WEIGHT == 0:
+        return {}
+    terms = [mean_entropy(out, head.kind, logits, act) for head, out, logits, act in training_outputs(trainer)]
+    return {"entropy": DIRECTIONS[node.DIRECTION] * node.WEIGHT * sum(terms)} if terms else {}

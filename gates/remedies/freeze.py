@@ -1,0 +1,54 @@
+"""`REMEDY.FREEZE`: the study's frozen-gate controls, freeze-early and always-frozen.
+
+Failure mode targeted: none is repaired; these are **controls** that tell adaptation from
+extra parameters or regularisation. If a gate frozen after its first epoch (AFTER_EPOCH 1,
+the study's AdaptiveFreezeEarly), or fixed from the start at sigma(LOGIT) (ALWAYS with LOGIT 5,
+the study's AdaptiveAlwaysFrozen), does as well as the learnt gate, the gate's learning after
+that point contributed nothing.
+
+AFTER_EPOCH E >= 0: the "gate" group is frozen from epoch E (0-based) on. ALWAYS: at the start
+of training (not on resume: the checkpoint holds the values) the gate's logits are set to LOGIT
+(free logits, as sigmoid and scalar; a gate with an output layer gets bias = LOGIT and weight 0,
+so it is the constant sigma(LOGIT) for every input), and the "gate" group is frozen at every
+step. Frozen means p.grad = None after backward, as in REMEDY.WARMUP: the tensors never move.
+"""
+from yacs.config import CfgNode as CN
+
+from .common import freeze_for_this_step, learnable_heads, require_groups, set_gate_logits, tell_once
+
+
+def add_config(remedy_cfg):
+    remedy_cfg.FREEZE = CN()
+    remedy_cfg.FREEZE.AFTER_EPOCH = -1  # E: gates frozen from epoch E (0-based) on; -1 = off
+    remedy_cfg.FREEZE.ALWAYS = False  # gates set to LOGIT at the start and never moved
+    remedy_cfg.FREEZE.LOGIT = 5.0  # the always-frozen gates' logit (sigmoid(5) = 0.993)
+
+
+def check(trainer, cfg):
+    if cfg.FREEZE.ALWAYS and cfg.INIT.ENABLED:
+        raise ValueError("REMEDY.FREEZE.ALWAYS and REMEDY.INIT.ENABLED both set the gate's starting logits "
+                         f"(to {cfg.FREEZE.LOGIT} and {cfg.INIT.LOGIT}); switch one of them off")
+
+
+def frozen(cfg, epoch):
+    node = cfg.FREEZE
+    return bool(node.ALWAYS) or (node.AFTER_EPOCH >= 0 and epoch >= node.AFTER_EPOCH)
+
+
+def before_train(trainer, cfg):
+    if not cfg.FREEZE.ALWAYS:
+        return
+    heads = learnable_heads(trainer)
+    if not heads:
+        tell_once(trainer, f"REMEDY.FREEZE.ALWAYS: trainer {trainer.cfg.TRAINER.NAME} has no learnable gate; "
+                           "it changes nothing")
+        return
+    if getattr(trainer, "start_epoch", 0) == 0:
+        for head in heads:
+            set_gate_logits(head, cfg.FREEZE.LOGIT, weight_scale=0.0, key="REMEDY.FREEZE.ALWAYS")
+
+
+def after_backward(trainer, cfg):
+    if frozen(cfg, trainer.epoch):
+        (params,) = require_groups(trainer, "REMEDY.FREEZE", "gate")
+        freeze_for_this_step(params)
