@@ -49,7 +49,8 @@ def gate_output(trainer, name, output, cond, phase):
         run.gate_output(name, output, cond)
 
 
-@hookimpl
+# tryfirst: the raw gradient is read before any other plugin (a remedy) changes it.
+@hookimpl(tryfirst=True)
 def after_backward(trainer):
     run = run_of(trainer, create=False)
     if run is not None:
@@ -82,3 +83,10 @@ def after_train(trainer):
     run = run_of(trainer, create=False)
     if run is not None:
         run.after_train()
+
+
+@hookimpl
+def on_abort(trainer, error):
+    run = run_of(trainer, create=False)
+    if run is not None:
+        run.flush(reason=f"{type(error).__name__}: {error}")

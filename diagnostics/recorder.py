@@ -91,6 +91,28 @@ class RunDiagnostics:
         report.write_jsonl(os.path.join(self.dir, "steps.jsonl"), self.steps)
         report.write_jsonl(os.path.join(self.dir, "epochs.jsonl"), self.epochs)
         self.steps_written = len(self.steps)
+        if start > 0:
+            self.restore_after_resume(start)
+
+    def restore_after_resume(self, start):
+        """What an uninterrupted run would hold at epoch `start`, read back from the files: each
+        gate's training-set mean of the last epoch (the counterfactual's constant) and the
+        evaluations of the checkpointed epochs (the final test, redone after a resume, excepted)."""
+        last = self.epochs[-1]["gates"] if self.epochs else {}
+        for name, track in self.tracks.items():
+            mean = last.get(name, {}).get("train_mean")
+            if mean is not None:
+                track.train_mean = torch.tensor(mean, dtype=torch.float32)
+        path = os.path.join(self.dir, "summary.json")
+        if os.path.isfile(path):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    previous = json.load(f).get("evaluations", [])
+            except (OSError, ValueError):
+                previous = []
+            self.evaluations = [e for e in previous
+                                if e.get("epoch", start) < start - 1 or (e.get("epoch") == start - 1
+                                                                         and e.get("split") == "val")]
 
     def before_epoch(self):
         for track in self.tracks.values():
@@ -170,9 +192,25 @@ class RunDiagnostics:
         for name, before in self.before_step.items():
             after = [p.detach() for p in self.group_params[name]]
             self.current["groups"][name]["update_rel"] = metrics.relative_update(before, after)
+        self.record_received()
         self.before_step = None
         self.steps.append(self.current)
         self.current = None
+
+    def record_received(self):
+        """What the optimizer received, after every plugin's after_backward (remedies rescale or
+        drop gradients there; optimizer.step does not modify .grad): per group `received_rms`
+        (0.0 when no tensor of the group had a gradient, i.e. the group was frozen), and
+        `rho_received` = received_rms(gate) / received_rms(prompt). The raw figures ("rms",
+        "rho") are read in after_backward, before any remedy."""
+        received = {}
+        for name, params in self.group_params.items():
+            grads = [p.grad for p in params]
+            rms = metrics.grad_stats(grads)["rms"] if any(g is not None for g in grads) else 0.0
+            received[name] = rms
+            self.current["groups"].setdefault(name, {})["received_rms"] = rms
+        if "gate" in received:
+            self.current["rho_received"] = metrics.ratio(received["gate"], received.get("prompt"))
 
     def after_epoch(self):
         t = self.trainer
@@ -212,6 +250,20 @@ class RunDiagnostics:
             entry["gates"][name] = g
         self.evaluations.append(entry)
         self.write_summary()
+
+    def flush(self, reason=None):
+        """Write everything measured so far (steps, the unfinished step, the summary) now: the
+        run is stopping (on_abort). `reason` goes into summary.json as "aborted"."""
+        os.makedirs(self.dir, exist_ok=True)
+        if self.current is not None and (not self.steps or self.steps[-1] is not self.current):
+            self.steps.append(self.current)  # the step that failed: its gate figures say most
+            self.current = None
+        report.append_jsonl(os.path.join(self.dir, "steps.jsonl"), self.steps[self.steps_written:])
+        self.steps_written = len(self.steps)
+        summary = self.summary()
+        summary["aborted"] = reason
+        report.write_json(os.path.join(self.dir, "summary.json"), summary)
+        return summary
 
     def after_train(self):
         report.append_jsonl(os.path.join(self.dir, "steps.jsonl"), self.steps[self.steps_written:])
@@ -306,6 +358,7 @@ class RunDiagnostics:
             "epochs": len(self.epochs), "thresholds": th, "gates": gates,
             "layer_slope": metrics.median(s.get("layer_slope") for s in window),
             "fp16_underflow_share": (sum(bool(u) for u in underflow) / len(underflow)) if underflow else None,
+            "nonfinite_skips": int(getattr(t, "nonfinite_skips", 0)),
             "evaluations": self.evaluations,
         }
 

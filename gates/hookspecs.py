@@ -18,11 +18,18 @@ Lifecycle, called by every trainer with the trainer as first argument, in this o
         before_epoch(trainer)
         for each batch:
             gate_output(trainer, name, output, cond, phase="train")   # gated models only
+            gatescope_gate_losses(trainer)  # gated models: extra named loss terms
             after_backward(trainer)        # gradients present and unscaled, before the step
             after_step(trainer)            # after optimizer.step()
-        after_epoch(trainer)               # after evaluation and checkpointing
+        after_epoch(trainer)               # after evaluation; the epoch's checkpoint follows
     after_train(trainer)                   # after the final test
     after_test(trainer, split, results)    # after every evaluation (val or test)
+    on_abort(trainer, error)               # the run is about to stop on `error` (a NaN/Inf)
+
+An epoch's checkpoint is written after every after_epoch hook has returned, so what a plugin
+writes in after_epoch is on disk before the checkpoint that marks the epoch done (a run killed in
+between redoes the epoch). A hook that raises stops the run with a PluginError naming the plugin
+and its distribution.
 
 gate_output is also called during evaluation with phase="test". Hooks observe: a plugin that
 only listens must not change a number of the run (the diagnostics are tested for that).
@@ -69,6 +76,14 @@ def gate_output(trainer, name, output, cond, phase):
 
 
 @hookspec
+def gatescope_gate_losses(trainer):
+    """Extra loss terms on the gates of the current training step: a dict name -> scalar tensor
+    (or None). Read each GateHead's `last_output` and its gate's `last_logits`. Called by
+    GatedTrainer.compute_losses, which adds each term to the loss as "remedy_<name>".
+    """
+
+
+@hookspec
 def after_backward(trainer):
     """Called after loss.backward(): gradients are present and unscaled, the step not yet taken."""
 
@@ -80,7 +95,7 @@ def after_step(trainer):
 
 @hookspec
 def after_epoch(trainer):
-    """Called at the end of every epoch, after its evaluation and checkpoint."""
+    """Called at the end of every epoch, after its evaluation, before its checkpoint is written."""
 
 
 @hookspec
@@ -91,3 +106,9 @@ def after_test(trainer, split, results):
 @hookspec
 def after_train(trainer):
     """Called once at the end of training, after the final test."""
+
+
+@hookspec
+def on_abort(trainer, error):
+    """Called once when the run is about to stop on `error` (a NonFiniteError): write what is
+    most useful exactly then (the diagnostics flush their files). Must not raise."""

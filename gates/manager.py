@@ -17,7 +17,7 @@ from . import hookspecs
 
 ENTRY_POINT_GROUP = "gatescope"
 AUTOLOAD_ENV = "GATESCOPE_DISABLE_PLUGIN_AUTOLOAD"
-BUILTIN_PLUGINS = ("gates.builtin", "diagnostics.plugin")
+BUILTIN_PLUGINS = ("gates.builtin", "diagnostics.plugin", "gates.remedies")
 BUILTIN_DISTRIBUTION = ("gatescope", "built-in")
 
 
@@ -131,6 +131,38 @@ class GatescopePlugins:
             raise
         except Exception as e:
             raise PluginError(f"{info.label()} failed in {hook_name}: {type(e).__name__}: {e}") from e
+
+    # ------------------------------------------------------------ lifecycle
+    def call_lifecycle(self, hook_name, **kwargs):
+        """Call lifecycle hook `hook_name` (pluggy's order); a failure is a PluginError naming the
+        plugin and distribution whose implementation raised (found in the traceback)."""
+        caller = getattr(self.pm.hook, hook_name)
+        try:
+            return caller(**kwargs)
+        except PluginError:
+            raise
+        except Exception as e:
+            culprit = self._implementation_in_traceback(caller, e.__traceback__)
+            who = culprit.label() if culprit is not None else (
+                "one of the plugins implementing it: " + ", ".join(
+                    self.info[i.plugin_name].label() for i in caller.get_hookimpls() if i.plugin_name in self.info))
+            raise PluginError(
+                f"{who} failed in hook {hook_name}: {type(e).__name__}: {e}. The run stopped; its last checkpoint "
+                "is intact, so after fixing or uninstalling the plugin (DIAGNOSTICS.ENABLED False turns the "
+                "diagnostics off) the same command resumes it.") from e
+
+    def _implementation_in_traceback(self, caller, tb):
+        """The PluginInfo of the first hook implementation on the traceback's stack, or None."""
+        codes = {}
+        for impl in caller.get_hookimpls():
+            code = getattr(getattr(impl.function, "__wrapped__", impl.function), "__code__", None)
+            if code is not None and impl.plugin_name in self.info:
+                codes[code] = self.info[impl.plugin_name]
+        while tb is not None:
+            if tb.tb_frame.f_code in codes:
+                return codes[tb.tb_frame.f_code]
+            tb = tb.tb_next
+        return None
 
     # ------------------------------------------------------------ gates
     def available_gates(self):

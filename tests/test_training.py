@@ -72,12 +72,12 @@ KILL_AFTER_EPOCH = """
 import os, signal, sys
 sys.argv = ["train.py"] + sys.argv[1:]
 import trainers.engine.trainer as t
-original = t.SimpleTrainer.after_epoch
-def after_epoch(self):
+original = t.SimpleTrainer.checkpoint_epoch  # the epoch's last act, after after_epoch and its hooks
+def checkpoint_epoch(self):
     original(self)
     if self.epoch + 1 == 2:
         os.kill(os.getpid(), signal.SIGKILL)
-t.SimpleTrainer.after_epoch = after_epoch
+t.SimpleTrainer.checkpoint_epoch = checkpoint_epoch
 from trainers.cli import train_main
 train_main()
 """

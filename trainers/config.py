@@ -6,7 +6,9 @@ from yacs.config import CfgNode as CN
 from gates.config import add_gate_config
 from gates.manager import get_plugins
 
+from .data.image_cache import add_image_cache_config
 from .engine import TRAINER_REGISTRY, get_cfg_default
+from .feature_cache import add_feature_cache_config
 
 
 def extend_cfg(cfg):
@@ -20,6 +22,8 @@ def extend_cfg(cfg):
     plugins = get_plugins()
     plugins.register_trainers(TRAINER_REGISTRY)
     add_gate_config(cfg)
+    add_feature_cache_config(cfg)  # DATALOADER.FEATURE_CACHE (issue 7)
+    add_image_cache_config(cfg)  # DATALOADER.IMAGE_CACHE_MB (issue 7)
     done = set()
     for name in TRAINER_REGISTRY.registered_names():
         cls = TRAINER_REGISTRY.get(name)
@@ -38,7 +42,25 @@ def extend_cfg(cfg):
     cfg.CONFIG_FILE = ""  # the --config-file of this run (set by setup_cfg; names the run in summaries)
     if "SUBSAMPLE_CLASSES" not in cfg.DATASET:  # Dassl's own defaults lack CoOp's key
         cfg.DATASET.SUBSAMPLE_CLASSES = "all"
+    add_reliability_config(cfg)
     plugins.add_config(cfg)
+    return cfg
+
+
+def add_reliability_config(cfg):
+    """gatescope's keys for runs that must survive bad steps, bad images and reused folders."""
+    # "stop": a NaN/Inf loss or gradient stops the run naming the step and the parameter group
+    # (after the diagnostics are written); "skip": the step is skipped and counted.
+    cfg.TRAIN.NONFINITE = "stop"
+    # Replace a run made with another config in OUTPUT_DIR (its checkpoints, results.json and
+    # diagnostics are deleted); without it such a folder is refused, naming the differing keys.
+    cfg.TRAIN.OVERWRITE = False
+    # torch.use_deterministic_algorithms (warn-only) and no cuDNN autotuning: bit-identical
+    # reruns and resumes where the hardware allows (CPU always).
+    cfg.TRAIN.DETERMINISTIC = False
+    # An unreadable or corrupt image: False stops naming the file; True skips it (the next
+    # readable item of the split stands in), warns once per file and counts it.
+    cfg.DATASET.SKIP_BAD_IMAGES = False
     return cfg
 
 
@@ -58,7 +80,7 @@ def merge_from_file(cfg, path):
     try:
         cfg.merge_from_file(path)
     except (KeyError, ValueError, TypeError, AssertionError) as e:
-        raise type(e)(f"{e} (in config file {path})") from e
+        raise _user_error(e)(f"{_text(e)} (in config file {path})") from e
 
 
 def merge_from_list(cfg, opts):
@@ -67,7 +89,16 @@ def merge_from_list(cfg, opts):
     try:
         cfg.merge_from_list(list(opts))
     except (KeyError, ValueError, TypeError, AssertionError) as e:
-        raise type(e)(f"{e} (in the command-line options)") from e
+        raise _user_error(e)(f"{_text(e)} (in the command-line options)") from e
+
+
+def _user_error(error):
+    """yacs reports an unknown key with an AssertionError (gone under `python -O`): a KeyError."""
+    return KeyError if isinstance(error, AssertionError) else type(error)
+
+
+def _text(error):
+    return error.args[0] if isinstance(error, KeyError) and error.args else str(error)
 
 
 def reset_cfg(cfg, args):
@@ -109,4 +140,5 @@ def setup_cfg(args):
     return cfg
 
 
-__all__ = ["CN", "extend_cfg", "setup_cfg", "reset_cfg", "merge_from_file", "merge_from_list"]
+__all__ = ["CN", "extend_cfg", "add_reliability_config", "setup_cfg", "reset_cfg", "merge_from_file",
+           "merge_from_list"]

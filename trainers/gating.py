@@ -8,7 +8,7 @@ prompt learner that calls `self.gate(cond)`. It declares `TARGETS` ({target: gat
 import torch
 import torch.nn as nn
 
-from gates.contract import apply_test_mode
+from gates.contract import GateError, apply_test_mode, check_gate_output
 
 from .prompt_trainer import check_param_groups
 
@@ -39,6 +39,10 @@ class GateHead(nn.Module):
         self.listener = None
         self.alpha_max = None  # set: equalise the gradient at the logits (EQUALIZE_GRAD)
         self.last_output = None
+        # The contract is checked at build time on a probe in eval mode; a gate that misbehaves
+        # only in training (dropout, noise, a bad train branch) is caught by one more check on
+        # its first training output, so it fails in seconds and not after an epoch of NaNs.
+        self.checked_in_training = False
 
     @property
     def input_dependent(self):
@@ -51,6 +55,8 @@ class GateHead(nn.Module):
             if self.cond_transform is not None:
                 cond = self.cond_transform(cond)
             out = self.gate(cond)
+            if self.training and not self.checked_in_training:
+                self.check_first_training_output(out)
             if self.output_transform is not None:
                 out = self.output_transform(out)
             if not self.training:
@@ -61,6 +67,17 @@ class GateHead(nn.Module):
         if self.listener is not None:
             self.listener(self.name, out, cond, "train" if self.training else "test")
         return out
+
+    def check_first_training_output(self, out):
+        """check_gate_output on the first training batch; a GateError names the gate and its role."""
+        num_options = getattr(self.gate, "num_options", out.shape[-1] if out.dim() else 0)
+        try:
+            check_gate_output(out.detach(), self.gate_name, num_options, self.kind)
+        except GateError as e:
+            raise GateError(f"{e} at its first training step (target '{self.name}'); in eval mode at build "
+                            "time it passed the contract check, so look at what the gate does in training "
+                            "mode") from e
+        self.checked_in_training = True
 
     def equalize_gradient(self):
         """dL/dz * clamp(1 / (g (1 - g)), 1, ALPHA_MAX): undo the sigmoid's slope, so a
@@ -154,4 +171,12 @@ class GatedTrainer:
         if weight > 0 and outputs:
             # lambda * sum over options of the batch-mean gate value
             losses["gate_sparsity"] = weight * sum(o.mean(0).sum() for o in outputs)
+        # Plugins' gate losses (the remedies': balance, entropy, z-loss), as "remedy_<name>".
+        for extra in self.call_hook("gatescope_gate_losses"):
+            for name, value in (extra or {}).items():
+                key = f"remedy_{name}"
+                if key in losses:
+                    raise ValueError(f"two gatescope_gate_losses implementations return a loss named '{name}'; "
+                                     "rename one of them")
+                losses[key] = value
         return losses

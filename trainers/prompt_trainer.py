@@ -7,6 +7,7 @@ parameter group, and runs the training step: forward, named loss terms, backward
 Checkpoints hold the registered prompt learner's state only (never the frozen CLIP).
 """
 import json
+import math
 import os
 import warnings
 
@@ -17,6 +18,7 @@ from gates.manager import get_plugins
 
 from .backbone import build_backbone
 from .engine import TrainerX, build_lr_scheduler, build_optimizer
+from .engine.trainer import NonFiniteError
 from .engine.evaluator import compute_accuracy
 from .engine.utils import write_json_atomic
 
@@ -107,22 +109,38 @@ class PromptTrainer(TrainerX):
             output = self.model(image)
             losses = self.compute_losses(output, label)
             loss = sum(losses.values())
-        self.backward_and_step(loss)
-        summary = {"loss": loss.item(), "acc": compute_accuracy(output, label)[0].item()}
-        if len(losses) > 1:
-            summary.update({name: value.item() for name, value in losses.items()})
+        stepped = self.backward_and_step(loss, losses)
+        summary = None  # a skipped step (TRAIN.NONFINITE skip) adds nothing to the running means
+        if stepped:
+            summary = {"loss": loss.item(), "acc": compute_accuracy(output, label)[0].item()}
+            if len(losses) > 1:
+                summary.update({name: value.item() for name, value in losses.items()})
         if (self.batch_idx + 1) == self.num_batches:
             self.update_lr()
         return summary
 
-    def backward_and_step(self, loss):
-        self.detect_anomaly(loss)
+    def backward_and_step(self, loss, losses=None):
+        """Backward, after_backward, optimizer step, after_step; False when the step was skipped.
+
+        A NaN/Inf loss, or (fp32/fp16) a NaN/Inf in a parameter group's gradient, stops the run
+        (TRAIN.NONFINITE stop) or skips the step (skip). With amp, overflowing gradients are the
+        GradScaler's business (it skips the step and lowers the scale), so only the loss is checked.
+        """
+        if not torch.isfinite(loss.detach()).all():
+            terms = {k: float(v.detach()) for k, v in (losses or {}).items() if v.numel() == 1}
+            return self.nonfinite("the loss", f"loss {float(loss.detach().flatten()[0])}"
+                                  + (f" (terms: {terms})" if len(terms) > 1 else ""))
         self.optim.zero_grad()
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optim)
         else:
             loss.backward()
+        grad_l2 = self.group_grad_l2()
+        if self.scaler is None:
+            for name, l2 in grad_l2.items():
+                if not math.isfinite(l2):
+                    return self.nonfinite(f"parameter group '{name}'", self.count_nonfinite(name))
         self.after_backward()
         if self.scaler is not None:
             self.scaler.step(self.optim)
@@ -130,6 +148,49 @@ class PromptTrainer(TrainerX):
         else:
             self.optim.step()
         self.after_step()
+        self.last_finite = {"step": self.step_label(), "loss": float(loss.detach()), "grad_l2": grad_l2}
+        return True
+
+    def group_grad_l2(self):
+        """{group name: L2 norm of its gradient} in float64 (NaN/Inf when a value is)."""
+        norms = {}
+        for i, group in enumerate(self.optim.param_groups):
+            grads = [p.grad.detach().double().norm() for p in group["params"] if p.grad is not None]
+            norms[group.get("name", f"group{i}")] = float(torch.stack(grads).norm()) if grads else 0.0
+        return norms
+
+    def count_nonfinite(self, group_name):
+        group = next(g for i, g in enumerate(self.optim.param_groups) if g.get("name", f"group{i}") == group_name)
+        grads = [p.grad.detach() for p in group["params"] if p.grad is not None]
+        n_nan = sum(int(torch.isnan(g).sum()) for g in grads)
+        n_inf = sum(int(torch.isinf(g).sum()) for g in grads)
+        return f"{n_nan} NaN and {n_inf} Inf among {sum(g.numel() for g in grads):,} gradient values"
+
+    def nonfinite(self, where, found):
+        """TRAIN.NONFINITE: "skip" counts and skips the step (returns False); "stop" lets the
+        plugins write their files (on_abort), then raises NonFiniteError naming the step, `where`
+        and the last finite values."""
+        self.optim.zero_grad()
+        if self.cfg.TRAIN.get("NONFINITE", "stop") == "skip":
+            self.nonfinite_skips += 1
+            print(f"Skipping {self.step_label()}: non-finite values in {where} ({found}); "
+                  f"{self.nonfinite_skips} step(s) skipped so far (TRAIN.NONFINITE skip)")
+            return False
+        last = getattr(self, "last_finite", None)
+        if last is None:
+            previous = "no earlier step of this process was finite"
+        else:
+            norms = ", ".join(f"{k} {v:.6g}" for k, v in last["grad_l2"].items())
+            previous = f"last finite step ({last['step']}): loss {last['loss']:.6g}, gradient L2 by group: {norms}"
+        error = NonFiniteError(
+            f"Non-finite values in {where} at {self.step_label()}: {found}. {previous}. "
+            "The diagnostics (when on) were written before stopping. Lower OPTIM.LR (or GATE.LR_MULT), "
+            "or set TRAIN.NONFINITE skip to skip such steps.")
+        try:
+            self.call_hook("on_abort", error=error)
+        except Exception as hook_error:  # the original error matters more than a failing flush
+            print(f"Warning: while stopping, {hook_error}")
+        raise error
 
     # ------------------------------------------------------------ lifecycle hooks
     # Defined here, not in the engine, so that they also run on Dassl's engine.
@@ -138,7 +199,8 @@ class PromptTrainer(TrainerX):
         return get_plugins()
 
     def call_hook(self, hook, /, **kwargs):
-        return getattr(self.plugins.hook, hook)(trainer=self, **kwargs)
+        """Call a lifecycle hook; a plugin that raises is named with its distribution (PluginError)."""
+        return self.plugins.call_lifecycle(hook, trainer=self, **kwargs)
 
     def before_train(self):
         super().before_train()

@@ -7,6 +7,7 @@ classes. Here it is `DatasetBase.fewshot_and_subsample`, written once.
 """
 import os.path as osp
 import random
+import warnings
 from collections import defaultdict
 
 from .datum import Datum
@@ -146,8 +147,12 @@ class DatasetBase:
                 elif repeat:
                     sampled = random.choices(items, k=num_shots)
                 else:
-                    print(f'Warning: class {label} ("{items[0].classname}") has only {len(items)} '
-                          f"image(s), fewer than {num_shots} shots; using all of them")
+                    # Dassl's rule (kept: CoOp's 16-shot protocol meets such classes, e.g. in
+                    # Caltech101), but said loudly, naming the class.
+                    message = (f'class {label} ("{items[0].classname}") has only {len(items)} image(s), '
+                               f"fewer than DATASET.NUM_SHOTS={num_shots}; using all of them")
+                    print(f"Warning: {message}")
+                    warnings.warn(message, stacklevel=2)
                     sampled = items
                 dataset.extend(sampled)
             output.append(dataset)

@@ -1,31 +1,44 @@
 """`DataManager`, `DatasetWrapper`, `build_data_loader`: Dassl's data plumbing.
 
 Differences from Dassl:
-- an unreadable image raises an error naming the file (Dassl retries forever, assuming slow I/O);
+- an unreadable image raises an error naming the file (Dassl retries forever, assuming slow I/O),
+  or with DATASET.SKIP_BAD_IMAGES True is skipped, warned about once and counted;
 - with no transform (INPUT.NO_TRANSFORM), "img" is the resized, un-augmented tensor (Dassl then
   returns no "img" at all, which no trainer can batch);
 - an empty split raises an error naming it instead of an assertion.
 """
+import warnings
+
 import torch
 import torchvision.transforms as T
 from PIL import Image
 from tabulate import tabulate
 from torch.utils.data import Dataset as TorchDataset
 
+from .image_cache import cached_read_image
 from .registry import build_dataset
 from .samplers import build_sampler
 from .transforms import INTERPOLATION_MODES, build_transform
 
-__all__ = ["DataManager", "DatasetWrapper", "build_data_loader", "read_image"]
+__all__ = ["DataManager", "DatasetWrapper", "build_data_loader", "read_image", "BadImageError"]
+
+
+class BadImageError(OSError):
+    """An image file that is missing, truncated or not an image; `path` names it."""
+
+    def __init__(self, path, reason):
+        self.path = path
+        super().__init__(f'cannot read image "{path}": {reason}')
 
 
 def read_image(path):
-    """The image at `path` as an RGB PIL image; an OSError naming the file if it cannot be read."""
+    """The image at `path` as an RGB PIL image; a BadImageError (an OSError) naming the file if
+    it cannot be read. `convert` decodes every pixel, so a truncated file fails here, not later."""
     try:
         with Image.open(path) as img:
             return img.convert("RGB")
-    except (OSError, ValueError) as e:
-        raise OSError(f'cannot read image "{path}": {e}') from e
+    except (OSError, ValueError, SyntaxError) as e:  # PIL raises SyntaxError for some broken headers
+        raise BadImageError(path, f"{type(e).__name__}: {e}") from e
 
 
 def build_data_loader(cfg, sampler_type="SequentialSampler", data_source=None, batch_size=64, n_domain=0, n_ins=2,
@@ -159,14 +172,16 @@ class DatasetWrapper(TorchDataset):
         if "normalize" in cfg.INPUT.TRANSFORMS:
             to_tensor.append(T.Normalize(mean=cfg.INPUT.PIXEL_MEAN, std=cfg.INPUT.PIXEL_STD))
         self.to_tensor = T.Compose(to_tensor)
+        self.skip_bad_images = bool(cfg.DATASET.get("SKIP_BAD_IMAGES", False))
+        self.bad_images = []  # paths skipped (in this process; each worker keeps its own list)
 
     def __len__(self):
         return len(self.data_source)
 
     def __getitem__(self, idx):
+        idx, img0 = self._read_readable(idx)
         item = self.data_source[idx]
         output = {"label": item.label, "domain": item.domain, "impath": item.impath, "index": idx}
-        img0 = read_image(item.impath)
 
         if self.transform is None:
             output["img"] = self.to_tensor(img0)
@@ -179,6 +194,29 @@ class DatasetWrapper(TorchDataset):
         if self.return_img0:
             output["img0"] = self.to_tensor(img0)
         return output
+
+    def _read_readable(self, idx):
+        """(index, image) of item `idx`; with SKIP_BAD_IMAGES, of the next readable item after it.
+
+        The stand-in keeps batches full and deterministic (the same file always stands in for
+        the same bad one); each skipped file is warned about once and listed in `bad_images`.
+        """
+        for offset in range(len(self.data_source)):
+            j = (idx + offset) % len(self.data_source)
+            path = self.data_source[j].impath
+            try:
+                return j, cached_read_image(self, path, read_image)  # decoded/resized once (image_cache.py)
+            except BadImageError as e:
+                if not self.skip_bad_images:
+                    raise BadImageError(path, f"{str(e).split(': ', 1)[-1]}. Replace or delete the file, or set "
+                                              "DATASET.SKIP_BAD_IMAGES True to skip unreadable images") from e
+                if path not in self.bad_images:
+                    self.bad_images.append(path)
+                    message = (f"Skipping unreadable image {e.path} (DATASET.SKIP_BAD_IMAGES; "
+                               f"{len(self.bad_images)} skipped so far)")
+                    print(message)
+                    warnings.warn(message, stacklevel=2)
+        raise BadImageError(self.data_source[idx].impath, "no image of this split can be read")
 
     def _transform_image(self, tfm, img0):
         images = [tfm(img0) for _ in range(self.k_tfm)]

@@ -12,7 +12,9 @@ Differences from Dassl, each fixing something its users hit:
   checkpoints pickle its warm-up scheduler object; those load only when the user says they trust
   the file (`trust=True` or env `GATESCOPE_TRUST_CHECKPOINTS=1`), and then even without Dassl
   installed: classes that cannot be imported become inert `UnimportableObject` stubs;
-- `capture_rng_state` / `restore_rng_state` let a resumed run draw the same random numbers.
+- `capture_rng_state` / `restore_rng_state` let a resumed run draw the same random numbers;
+- a checkpoint records what it was made for (`meta`: trainer, backbone, class count) and
+  `check_checkpoint_meta` refuses one made for something else, saying which.
 """
 import io
 import os
@@ -32,7 +34,7 @@ from .utils import atomic_write_bytes, mkdir_if_missing
 __all__ = [
     "TRUST_ENV_VAR", "CheckpointError", "CorruptCheckpointError", "UntrustedCheckpointError",
     "UnimportableObject", "save_checkpoint", "load_checkpoint", "resume_from_checkpoint",
-    "capture_rng_state", "restore_rng_state",
+    "capture_rng_state", "restore_rng_state", "CheckpointMismatchError", "check_checkpoint_meta",
 ]
 
 TRUST_ENV_VAR = "GATESCOPE_TRUST_CHECKPOINTS"
@@ -76,6 +78,30 @@ class UntrustedCheckpointError(CheckpointError):
         )
 
 
+class CheckpointMismatchError(CheckpointError):
+    """The checkpoint was made for another trainer, backbone or class count."""
+
+
+def check_checkpoint_meta(state, expected, fpath):
+    """Raise CheckpointMismatchError when `state["meta"]` differs from `expected` in any key.
+
+    `expected` is e.g. {"trainer": "CoOp", "backbone": "ViT-B/16", "num_classes": 100}.
+    Checkpoints without "meta" (CoOp's and Dassl's own) pass: their state dict is still checked
+    key by key and shape by shape when it is loaded.
+    """
+    meta = state.get("meta") if isinstance(state, dict) else None
+    if not isinstance(meta, dict):
+        return
+    wrong = [f"{key} {meta[key]!r} (this run: {value!r})" for key, value in expected.items()
+             if key in meta and meta[key] != value]
+    if wrong:
+        raise CheckpointMismatchError(
+            f'Checkpoint "{fpath}" was made for a different run: {"; ".join(wrong)}. Point --model-dir / '
+            "--resume / --output-dir at a checkpoint of this trainer, backbone and dataset, or change the "
+            "config to match it."
+        )
+
+
 # ---------------------------------------------------------------- save
 def save_checkpoint(state, save_dir, is_best=False, remove_module_from_keys=True, model_name=""):
     """Write `state` to `save_dir/<model_name or model.pth.tar-<state['epoch']>>` atomically.
@@ -100,7 +126,7 @@ def save_checkpoint(state, save_dir, is_best=False, remove_module_from_keys=True
     buffer = io.BytesIO()
     torch.save(state, buffer)
     data = buffer.getvalue()
-    atomic_write_bytes(fpath, data)
+    atomic_write_bytes(fpath, data, kill_point_name="checkpoint_write")
     print(f"Checkpoint saved to {fpath}")
     atomic_write_bytes(osp.join(save_dir, "checkpoint"), f"{model_name}\n".encode("utf-8"))
     if is_best and model_name != BEST_NAME:

@@ -14,7 +14,15 @@ Differences from Dassl, each fixing something its users hit:
 - the scheduler is bound to the live optimizer after a resume (Dassl's keeps driving a stale
   copy, so the learning rate stops changing), and RNG states and the best validation result are
   checkpointed, so a resumed run continues exactly where the interrupted one stopped;
-- checkpoints are written atomically and loaded with `weights_only=True`.
+- checkpoints are written atomically and loaded with `weights_only=True`, and name the trainer,
+  backbone and class count they were made for (a checkpoint of another run is refused);
+- an epoch's checkpoints are written after its `after_epoch` (and every plugin's after_epoch
+  hook) returns, as the epoch's last act: whatever an epoch writes (diagnostics history, results)
+  is on disk before the checkpoint that says the epoch is done, so a run killed at any point
+  resumes from a checkpoint whose epoch is complete everywhere;
+- the run's config is kept in `<OUTPUT_DIR>/config.yaml` and a folder holding a run with another
+  config is refused (TRAIN.OVERWRITE True replaces it);
+- a NaN or Inf loss raises `NonFiniteError` (a FloatingPointError) naming the step.
 """
 import datetime
 import os.path as osp
@@ -26,12 +34,32 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from .checkpoint import capture_rng_state, load_checkpoint, resume_from_checkpoint, restore_rng_state, save_checkpoint
+from .checkpoint import (
+    capture_rng_state,
+    check_checkpoint_meta,
+    load_checkpoint,
+    restore_rng_state,
+    resume_from_checkpoint,
+    save_checkpoint,
+)
 from .evaluator import build_evaluator
 from .registry import Registry
-from .utils import AverageMeter, MetricMeter, mkdir_if_missing
+from .utils import (
+    AverageMeter,
+    MetricMeter,
+    claim_output_dir,
+    kill_point,
+    mkdir_if_missing,
+    remove_stale_temp_files,
+    set_deterministic,
+)
 
 TRAINER_REGISTRY = Registry("TRAINER")
+NONFINITE_POLICIES = ("stop", "skip")
+
+
+class NonFiniteError(FloatingPointError):
+    """A NaN or Inf in the loss or a gradient stopped the run (TRAIN.NONFINITE stop)."""
 
 
 def build_trainer(cfg):
@@ -85,16 +113,28 @@ class TrainerBase:
 
     def training_state(self):
         """Extra state saved with every checkpoint so that a resume continues exactly."""
-        return {"rng_state": capture_rng_state(), "best_result": float(getattr(self, "best_result", -np.inf))}
+        return {"rng_state": capture_rng_state(), "best_result": float(getattr(self, "best_result", -np.inf)),
+                "nonfinite_skips": int(getattr(self, "nonfinite_skips", 0))}
 
     def load_training_state(self, state):
         if "rng_state" in state:
             restore_rng_state(state["rng_state"])
         if "best_result" in state:
             self.best_result = state["best_result"]
+        if "nonfinite_skips" in state:
+            self.nonfinite_skips = int(state["nonfinite_skips"])
+
+    def checkpoint_meta(self):
+        """What a checkpoint was made for; loading one made for something else is refused."""
+        cfg = getattr(self, "cfg", None)
+        if cfg is None:
+            return {}
+        return {"trainer": cfg.TRAINER.NAME, "backbone": cfg.MODEL.BACKBONE.NAME,
+                "num_classes": int(getattr(self, "num_classes", 0))}
 
     def save_model(self, epoch, directory, is_best=False, val_result=None, model_name=""):
         extra = self.training_state()
+        extra["meta"] = self.checkpoint_meta()
         for name in self.get_model_names():
             optim, sched = self._optims[name], self._scheds[name]
             save_checkpoint(
@@ -116,6 +156,9 @@ class TrainerBase:
         if not all(osp.exists(osp.join(directory, name)) for name in names):
             print("No checkpoint found, train from scratch")
             return 0
+        for name in names:  # what a save killed half-way left behind
+            for path in remove_stale_temp_files(osp.join(directory, name)):
+                print(f'Removed "{path}", left by a checkpoint save that was interrupted')
         found = {name: resume_from_checkpoint(osp.join(directory, name)) for name in names}
         if any(v is None for v in found.values()):
             print("No checkpoint found, train from scratch")
@@ -123,6 +166,7 @@ class TrainerBase:
         print(f"Found checkpoint at {directory} (will resume training)")
         start_epoch = 0
         for name, (path, state) in found.items():
+            check_checkpoint_meta(state, self.checkpoint_meta(), path)
             print(f'Loading checkpoint from "{path}"')
             self.load_model_state_dict(name, state["state_dict"])
             if self._optims[name] is not None and state.get("optimizer") is not None:
@@ -149,6 +193,10 @@ class TrainerBase:
                     "check --model-dir and --load-epoch)"
                 )
             checkpoint = load_checkpoint(model_path)
+            # Not the class count: CoOp's base-to-new and cross-dataset protocols evaluate weights
+            # trained on other classes; class-specific tensors are caught by their shapes.
+            expected = {k: v for k, v in self.checkpoint_meta().items() if k != "num_classes"}
+            check_checkpoint_meta(checkpoint, expected, model_path)
             print(f'Loading weights to {name} from "{model_path}" (epoch = {checkpoint["epoch"]})')
             self.load_model_state_dict(name, checkpoint["state_dict"])
 
@@ -168,8 +216,15 @@ class TrainerBase:
 
     def detect_anomaly(self, loss):
         if not torch.isfinite(loss).all():
-            raise FloatingPointError(f"Loss is infinite or NaN at epoch {getattr(self, 'epoch', '?')} "
-                                     f"batch {getattr(self, 'batch_idx', '?')}")
+            raise NonFiniteError(f"Loss is infinite or NaN ({loss.detach().flatten()[:4].tolist()}) at "
+                                 f"{self.step_label()}; lower the learning rate, or set TRAIN.NONFINITE skip")
+
+    def step_label(self):
+        """`epoch E/N, batch B/M (global step S)` for messages (1-based epoch and batch)."""
+        epoch, batch = getattr(self, "epoch", 0), getattr(self, "batch_idx", 0)
+        num_batches = getattr(self, "num_batches", 0)
+        return (f"epoch {epoch + 1}/{getattr(self, 'max_epoch', '?')}, batch {batch + 1}/{num_batches or '?'} "
+                f"(global step {epoch * num_batches + batch})")
 
     # ------------------------------------------------------------ TensorBoard
     def init_writer(self, log_dir):
@@ -193,10 +248,13 @@ class TrainerBase:
         self.start_epoch = start_epoch
         self.max_epoch = max_epoch
         self.before_train()
+        if self.start_epoch >= self.max_epoch:  # resumed after the last epoch: only the final test is left
+            self.epoch = self.start_epoch - 1
         for self.epoch in range(self.start_epoch, self.max_epoch):
             self.before_epoch()
             self.run_epoch()
             self.after_epoch()
+            self.checkpoint_epoch()
         self.after_train()
 
     def before_train(self):
@@ -209,6 +267,10 @@ class TrainerBase:
         pass
 
     def after_epoch(self):
+        pass
+
+    def checkpoint_epoch(self):
+        """The epoch's last act: write its checkpoints (after after_epoch and its hooks)."""
         pass
 
     def run_epoch(self):
@@ -266,6 +328,11 @@ class SimpleTrainer(TrainerBase):
     def __init__(self, cfg):
         super().__init__()
         self.check_cfg(cfg)
+        policy = cfg.TRAIN.get("NONFINITE", "stop")
+        if policy not in NONFINITE_POLICIES:
+            raise ValueError(f"TRAIN.NONFINITE must be one of {NONFINITE_POLICIES}, got {policy!r}")
+        if cfg.TRAIN.get("DETERMINISTIC", False):
+            set_deterministic(True)
         if torch.cuda.is_available() and cfg.USE_CUDA:
             self.device = torch.device("cuda")
         else:
@@ -278,6 +345,8 @@ class SimpleTrainer(TrainerBase):
         self.build_model()
         self.evaluator = build_evaluator(cfg, lab2cname=self.lab2cname)
         self.best_result = -np.inf
+        self.nonfinite_skips = 0  # steps skipped under TRAIN.NONFINITE skip (checkpointed)
+        self._best_to_save = None
 
     def check_cfg(self, cfg):
         """Check whether some variables are set correctly for the trainer (subclasses)."""
@@ -302,7 +371,13 @@ class SimpleTrainer(TrainerBase):
     def train(self):
         super().train(self.start_epoch, self.max_epoch)
 
+    # What TRAIN.OVERWRITE deletes of an older run in OUTPUT_DIR besides the model folders: the
+    # results file the trainers write and the diagnostics plugin's folder.
+    RUN_OUTPUTS = ("results.json", "diagnostics")
+
     def before_train(self):
+        claim_output_dir(self.cfg, self.output_dir, overwrite=bool(self.cfg.TRAIN.get("OVERWRITE", False)),
+                         previous_run_paths=self.get_model_names() + list(self.RUN_OUTPUTS))
         directory = self.cfg.OUTPUT_DIR
         if self.cfg.RESUME:
             directory = self.cfg.RESUME
@@ -326,17 +401,25 @@ class SimpleTrainer(TrainerBase):
         self.close_writer()
 
     def after_epoch(self):
-        last_epoch = (self.epoch + 1) == self.max_epoch
+        """Dassl's validation for TEST.FINAL_MODEL best_val; the saves follow in checkpoint_epoch."""
         do_test = not self.cfg.TEST.NO_TEST
-        freq = self.cfg.TRAIN.CHECKPOINT_FREQ
-        meet_checkpoint_freq = (self.epoch + 1) % freq == 0 if freq > 0 else False
         if do_test and self.cfg.TEST.FINAL_MODEL == "best_val":
             curr_result = self.test(split="val")
             is_best = curr_result > self.best_result
             if is_best:
                 self.best_result = curr_result
-                self.save_model(self.epoch, self.output_dir, val_result=curr_result,
-                                model_name="model-best.pth.tar")
+                self._best_to_save = curr_result
+
+    def checkpoint_epoch(self):
+        """model-best.pth.tar when this epoch's validation was the best, then model.pth.tar-<epoch>
+        every TRAIN.CHECKPOINT_FREQ epochs and after the last (Dassl's files and rule)."""
+        last_epoch = (self.epoch + 1) == self.max_epoch
+        freq = self.cfg.TRAIN.CHECKPOINT_FREQ
+        meet_checkpoint_freq = (self.epoch + 1) % freq == 0 if freq > 0 else False
+        if self._best_to_save is not None:
+            self.save_model(self.epoch, self.output_dir, val_result=self._best_to_save,
+                            model_name="model-best.pth.tar")
+            self._best_to_save = None
         if meet_checkpoint_freq or last_epoch:
             self.save_model(self.epoch, self.output_dir)
 
@@ -356,6 +439,7 @@ class SimpleTrainer(TrainerBase):
             input, label = self.parse_batch_test(batch)
             output = self.model_inference(input)
             self.evaluator.process(output, label)
+            kill_point("evaluation")
         results = self.evaluator.evaluate()
         for k, v in results.items():
             self.write_scalar(f"{split}/{k}", v, self.epoch)
@@ -385,6 +469,7 @@ class TrainerX(SimpleTrainer):
         for self.batch_idx, batch in enumerate(self.train_loader_x):
             data_time.update(time.time() - end)
             loss_summary = self.forward_backward(batch)
+            kill_point("step")
             batch_time.update(time.time() - end)
             losses.update(loss_summary)
 

@@ -2,13 +2,18 @@
 
 Differences from Dassl:
 - the logger tees stderr too (tracebacks and warnings end up in `log.txt`, not only on screen);
-- `write_json_atomic` (temp file + fsync + rename) so a result file is either whole or absent.
+- `write_json_atomic` (temp file + fsync + rename) so a result file is either whole or absent;
+- `claim_output_dir` keeps one run's config per output folder (`config.yaml`), so a resume never
+  mixes two configs;
+- `kill_point` lets the tests SIGKILL a run at a chosen point (env GATESCOPE_TEST_KILL_AT).
 """
 import json
 import os
 import os.path as osp
 import platform
 import random
+import shutil
+import signal
 import sys
 import time
 import uuid
@@ -21,7 +26,8 @@ import torch
 __all__ = [
     "set_random_seed", "setup_logger", "Logger", "collect_env_info", "AverageMeter", "MetricMeter",
     "mkdir_if_missing", "check_isfile", "tolist_if_not", "count_num_param", "atomic_write_bytes",
-    "write_json_atomic",
+    "write_json_atomic", "set_deterministic", "kill_point", "KILL_AT_ENV", "RUN_CONFIG_FILE",
+    "RunConfigMismatchError", "config_differences", "claim_output_dir",
 ]
 
 
@@ -31,6 +37,49 @@ def set_random_seed(seed):
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.cuda.manual_seed_all(seed)
+
+
+def set_deterministic(enabled=True):
+    """Ask torch for deterministic kernels (TRAIN.DETERMINISTIC); cuDNN autotuning off with it.
+
+    `warn_only=True`: an op without a deterministic implementation warns (naming itself) instead
+    of stopping a run that may already be hours old. On the CPU gatescope's ops are deterministic
+    anyway; on a GPU cuBLAS also needs CUBLAS_WORKSPACE_CONFIG, which is set here if absent.
+    """
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(bool(enabled), warn_only=True)
+
+
+# ---------------------------------------------------------------- test kill points
+KILL_AT_ENV = "GATESCOPE_TEST_KILL_AT"
+KILL_POINTS = ("step", "evaluation", "checkpoint_write")
+_kill_point_visits = defaultdict(int)
+
+
+def kill_point(name):
+    """For the kill-and-resume tests: SIGKILL this process at the chosen visit of point `name`.
+
+    Env GATESCOPE_TEST_KILL_AT=`<point>` or `<point>@<n>` kills at the n-th (default first) time
+    the process reaches `<point>`: "step" (after an optimizer step), "evaluation" (after an
+    evaluation batch), "checkpoint_write" (half-way through writing a checkpoint's temp file).
+    Unset (always, outside the tests) this is one dict lookup.
+    """
+    spec = os.environ.get(KILL_AT_ENV)
+    if not spec:
+        return
+    point, _, nth = spec.partition("@")
+    if point not in KILL_POINTS:
+        raise ValueError(f"{KILL_AT_ENV}={spec!r}: the point must be one of {KILL_POINTS}, optionally @<n>")
+    if point != name:
+        return
+    _kill_point_visits[name] += 1
+    if _kill_point_visits[name] == int(nth or 1):
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
 
 
 # ---------------------------------------------------------------- logging
@@ -235,12 +284,13 @@ def _fsync_dir(dirname):
         os.close(fd)
 
 
-def atomic_write_bytes(path, data):
+def atomic_write_bytes(path, data, kill_point_name=None):
     """Write `data` to `path` so that `path` holds either its old content or all of `data`.
 
     The bytes go to a hidden temp file in the same folder (same file system, so the rename is
     atomic), are flushed and fsync'ed, then `os.replace`d onto `path`. A crash at any point
-    leaves at worst a stray `.<name>.*.tmp` file, never a truncated `path`.
+    leaves at worst a stray `.<name>.*.tmp` file (`remove_stale_temp_files` clears those),
+    never a truncated `path`. `kill_point_name` names the test kill point reached half-way.
     """
     path = os.fspath(path)
     dirname = osp.dirname(osp.abspath(path))
@@ -251,7 +301,12 @@ def atomic_write_bytes(path, data):
     fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            half = len(data) // 2
+            f.write(data[:half])
+            if kill_point_name:
+                f.flush()
+                kill_point(kill_point_name)
+            f.write(data[half:])
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
@@ -266,3 +321,94 @@ def write_json_atomic(obj, path, indent=2):
     """Serialise `obj` as JSON and write it atomically (see `atomic_write_bytes`)."""
     text = json.dumps(obj, indent=indent, sort_keys=False, allow_nan=True)
     atomic_write_bytes(path, (text + "\n").encode("utf-8"))
+
+
+def remove_stale_temp_files(dirname):
+    """Delete the `.<name>.<pid>.<hex>.tmp` files a killed `atomic_write_bytes` left in `dirname`.
+
+    Only call it on a folder no other process is writing (a run's own output folder at resume).
+    Returns the paths removed.
+    """
+    removed = []
+    if not osp.isdir(dirname):
+        return removed
+    for name in os.listdir(dirname):
+        if name.startswith(".") and name.endswith(".tmp") and name.count(".") >= 4:
+            path = osp.join(dirname, name)
+            if osp.isfile(path):
+                os.remove(path)
+                removed.append(path)
+    return removed
+
+
+# ---------------------------------------------------------------- the run's config in its folder
+RUN_CONFIG_FILE = "config.yaml"
+# Keys that do not change what a run computes (where files are, how much is printed), and
+# OPTIM.MAX_EPOCH, so that a finished run can be extended by resuming it with more epochs.
+RESUMABLE_KEYS = ("OUTPUT_DIR", "RESUME", "CONFIG_FILE", "VERBOSE", "DATASET.ROOT", "TRAIN.PRINT_FREQ",
+                  "TRAIN.OVERWRITE", "DATALOADER.NUM_WORKERS", "OPTIM.MAX_EPOCH")
+
+
+class RunConfigMismatchError(RuntimeError):
+    """The output folder holds a run made with another config."""
+
+
+def _flatten(node, prefix=""):
+    flat = {}
+    for key, value in (node or {}).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def config_differences(old_yaml, new_yaml, ignored=RESUMABLE_KEYS):
+    """[(key, old value, new value)] between two `cfg.dump()` texts, keys sorted, `ignored` left out.
+
+    A key present in only one of them shows `<absent>` for the other.
+    """
+    import yaml
+
+    old, new = _flatten(yaml.safe_load(old_yaml)), _flatten(yaml.safe_load(new_yaml))
+    absent = "<absent>"
+    return [(key, old.get(key, absent), new.get(key, absent)) for key in sorted(set(old) | set(new))
+            if key not in ignored and old.get(key, absent) != new.get(key, absent)]
+
+
+def claim_output_dir(cfg, output_dir, overwrite=False, previous_run_paths=()):
+    """Record `cfg` in `<output_dir>/config.yaml`, refusing a folder that holds another config's run.
+
+    No file yet: it is written. Same config (up to RESUMABLE_KEYS): rewritten, the run resumes.
+    Different: RunConfigMismatchError naming each differing key with both values, unless
+    `overwrite` (TRAIN.OVERWRITE True), which first deletes `previous_run_paths` (the old run's
+    checkpoint folders and result files, relative to `output_dir`) so nothing of it is resumed.
+    Returns the differing keys ([] when none).
+    """
+    if not output_dir:
+        return []
+    path = osp.join(output_dir, RUN_CONFIG_FILE)
+    new_text = cfg.dump()
+    differences = []
+    if osp.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            differences = config_differences(f.read(), new_text)
+    if differences and not overwrite:
+        listed = "\n".join(f"  {key}: {old!r} in the folder, {new!r} now" for key, old, new in differences)
+        raise RunConfigMismatchError(
+            f'The output folder "{output_dir}" holds a run made with a different config ({path}):\n{listed}\n'
+            "Resuming would mix two runs. Use another --output-dir, or add TRAIN.OVERWRITE True to delete "
+            "that run's checkpoints and results and start this one from scratch."
+        )
+    if differences:
+        print(f'TRAIN.OVERWRITE: replacing the run in "{output_dir}" (differing keys: '
+              f"{', '.join(key for key, _, _ in differences)})")
+        for rel in previous_run_paths:
+            target = osp.join(output_dir, rel)
+            if osp.isdir(target):
+                shutil.rmtree(target)
+            elif osp.exists(target):
+                os.remove(target)
+    atomic_write_bytes(path, new_text.encode("utf-8"))
+    return [key for key, _, _ in differences]

@@ -1,0 +1,383 @@
+"""A table of bad inputs, each tried and required to fail with a message that says what to fix.
+
+`BAD_INPUTS` is walked by one parametrised test (its ids are the case names, so
+`pytest -v tests/test_bad_inputs.py` shows every case tried) and counted by
+`test_the_table_covers_every_kind_of_bad_input`. Cases that need a training run (a NaN, a
+broken plugin hook, a diagnostics failure, a misbehaving gate) follow the table.
+"""
+import json
+import os
+import re
+import warnings
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import REPO, build_demo_trainer, demo_args
+from gates import hookimpl
+
+FAST = ("OPTIM.MAX_EPOCH", 1, "DATASET.NUM_SHOTS", 2, "TRAIN.PRINT_FREQ", 100)
+
+
+def setup(root, out, trainer="CoOp", opts=(), config_trainer=None, config=None):
+    import trainers
+
+    config = config or os.path.join(REPO, "configs", "trainers", config_trainer or trainer, "demo.yaml")
+    return trainers.setup_cfg(demo_args(root, out, trainer, config=config, opts=opts))
+
+
+def build(root, out, trainer="CoOp", opts=(), config_trainer=None):
+    from trainers.engine import build_trainer
+
+    return build_trainer(setup(root, out, trainer, opts, config_trainer))
+
+
+def write_images(folder, names, size=8):
+    os.makedirs(folder, exist_ok=True)
+    for i, name in enumerate(names):
+        Image.new("RGB", (size, size), (20 * i % 255, 40, 90)).save(os.path.join(folder, name))
+
+
+def image_folder(root, classes, per_class=5):
+    for c in classes:
+        write_images(os.path.join(root, c), [f"{c}_{i}.png" for i in range(per_class)])
+    return root
+
+
+def yaml_file(tmp_path, text):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+# ---------------------------------------------------------------- the cases
+def unknown_trainer(ctx):
+    build(ctx.root, ctx.out, trainer="CoOpp", config_trainer="CoOp")
+
+
+def unknown_gate(ctx):
+    build(ctx.root, ctx.out, trainer="CoOpGated", opts=FAST + ("GATE.NAME", "mpl"))
+
+
+def unknown_dataset(ctx):
+    build(ctx.root, ctx.out, opts=FAST + ("DATASET.NAME", "OxfordPet"))
+
+
+def unknown_backbone(ctx):
+    build(ctx.root, ctx.out, opts=FAST + ("MODEL.BACKBONE.NAME", "ViT-B/61"))
+
+
+def unknown_transform(ctx):
+    build(ctx.root, ctx.out, opts=FAST + ("INPUT.TRANSFORMS", ["random_flop"]))
+
+
+def unknown_key_in_file(ctx):
+    import trainers
+
+    path = yaml_file(ctx.tmp, "TRAINER:\n  COOP:\n    NCTX: 4\n")
+    trainers.setup_cfg(demo_args(ctx.root, ctx.out, config=path))
+
+
+def wrong_type_in_file(ctx):
+    import trainers
+
+    path = yaml_file(ctx.tmp, "OPTIM:\n  MAX_EPOCH: ten\n")
+    trainers.setup_cfg(demo_args(ctx.root, ctx.out, config=path))
+
+
+def unknown_key_on_command_line(ctx):
+    setup(ctx.root, ctx.out, opts=("OPTIM.MAX_EPOCHS", 3))
+
+
+def bad_nonfinite_policy(ctx):
+    build(ctx.root, ctx.out, opts=FAST + ("TRAIN.NONFINITE", "ignore"))
+
+
+def dataset_root_missing(ctx):
+    build(str(ctx.tmp / "no_data_here"), ctx.out, opts=FAST + ("DATASET.NAME", "OxfordPets"))
+
+
+def split_file_missing(ctx):
+    os.makedirs(ctx.tmp / "data" / "ucf101" / "UCF-101-midframes")
+    build(str(ctx.tmp / "data"), ctx.out, opts=FAST + ("DATASET.NAME", "UCF101"))
+
+
+def corrupt_image(ctx):
+    from trainers.data import DatasetWrapper, Datum
+
+    write_images(ctx.tmp / "img", ["good.png"])
+    (ctx.tmp / "img" / "cut.png").write_bytes((ctx.tmp / "img" / "good.png").read_bytes()[:40])
+    cfg = setup(ctx.root, ctx.out)
+    data = [Datum(str(ctx.tmp / "img" / "cut.png"), 0, 0, "a"), Datum(str(ctx.tmp / "img" / "good.png"), 1, 0, "b")]
+    DatasetWrapper(cfg, data)[0]
+
+
+def missing_image(ctx):
+    from trainers.data import DatasetWrapper, Datum
+
+    write_images(ctx.tmp, ["gone.png"])
+    data = [Datum(str(ctx.tmp / "gone.png"), 0, 0, "a")]
+    os.remove(ctx.tmp / "gone.png")  # deleted after the split was read
+    DatasetWrapper(setup(ctx.root, ctx.out), data)[0]
+
+
+def too_many_shots(ctx):
+    from trainers.data import DatasetBase, Datum
+
+    write_images(ctx.tmp, [f"a{i}.png" for i in range(5)] + ["b.png"])
+    data = [Datum(str(ctx.tmp / f"a{i}.png"), 0, 0, "cat") for i in range(5)]
+    data.append(Datum(str(ctx.tmp / "b.png"), 1, 0, "dog"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        DatasetBase().generate_fewshot_dataset(data, num_shots=4)
+
+
+def n_ctx_too_long(ctx):
+    build(ctx.root, ctx.out, opts=FAST + ("TRAINER.COOP.N_CTX", 100))
+
+
+def base_new_split_of_one_class(ctx):
+    root = image_folder(str(ctx.tmp / "one_class"), ["cat"])
+    build(root, ctx.out, opts=FAST + ("DATASET.NAME", "ImageFolder", "DATASET.SUBSAMPLE_CLASSES", "base"))
+
+
+def output_folder_of_another_config(ctx):
+    from trainers.engine.utils import claim_output_dir
+
+    claim_output_dir(setup(ctx.root, ctx.out, opts=("OPTIM.LR", 0.002)), str(ctx.out))
+    claim_output_dir(setup(ctx.root, ctx.out, opts=("OPTIM.LR", 0.01, "TRAINER.COOP.N_CTX", 8)), str(ctx.out))
+
+
+def corrupt_checkpoint(ctx):
+    from trainers.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    path = save_checkpoint({"state_dict": {"ctx": torch.zeros(4, 8)}, "epoch": 1}, str(ctx.tmp / "ckpt"))
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
+    load_checkpoint(path)
+
+
+def resume_from_a_checkpoint_of_another_class_count(ctx):
+    trainer = build(ctx.root, ctx.out / "all", opts=FAST)
+    trainer.save_model(0, str(ctx.out / "all"))
+    # (Evaluating those weights on other classes, as base-to-new does, stays allowed.)
+    other = build(ctx.root, ctx.out / "base", opts=FAST + ("DATASET.SUBSAMPLE_CLASSES", "base",
+                                                           "RESUME", str(ctx.out / "all")))
+    other.before_train()
+
+
+def checkpoint_of_another_trainer(ctx):
+    from trainers.engine.checkpoint import check_checkpoint_meta
+
+    state = {"meta": {"trainer": "MaPLe", "backbone": "ViT-B/16", "num_classes": 10}}
+    check_checkpoint_meta(state, {"trainer": "CoOp", "backbone": "ViT-B/16", "num_classes": 10}, "x.pth.tar")
+
+
+# (case, exception type, what the message must say)
+BAD_INPUTS = [
+    (unknown_trainer, KeyError, r'Unknown trainer "CoOpp".*Available trainers: .*CoOp'),
+    (unknown_gate, KeyError, r'No gate named "mpl".*Available gates: .*mlp'),
+    (unknown_dataset, KeyError, r'No dataset named "OxfordPet".*OxfordPets'),
+    (unknown_backbone, ValueError, r"Unknown backbone 'ViT-B/61'.*ViT-B/16"),
+    (unknown_transform, ValueError, r"random_flop.*expected names from .*random_flip"),
+    (unknown_key_in_file, KeyError, r"TRAINER.COOP.NCTX.*in config file .*bad.yaml"),
+    (wrong_type_in_file, ValueError, r"MAX_EPOCH.*in config file .*bad.yaml"),
+    (unknown_key_on_command_line, KeyError, r"OPTIM.MAX_EPOCHS.*command-line"),
+    (bad_nonfinite_policy, ValueError, r"TRAIN.NONFINITE must be one of \('stop', 'skip'\), got 'ignore'"),
+    (dataset_root_missing, FileNotFoundError, r"OxfordPets: missing .*no_data_here.*oxford_pets.*expected"),
+    (split_file_missing, FileNotFoundError, r"UCF101: missing .*split_zhou_UCF101.json"),
+    (corrupt_image, OSError, r'cannot read image ".*cut.png".*DATASET.SKIP_BAD_IMAGES True'),
+    (missing_image, OSError, r'cannot read image ".*gone.png"'),
+    (too_many_shots, UserWarning, r'class 1 \("dog"\) has only 1 image\(s\), fewer than DATASET.NUM_SHOTS=4'),
+    (n_ctx_too_long, ValueError, r"N_CTX=100 context tokens does not fit in the text encoder's 77 tokens"),
+    (base_new_split_of_one_class, ValueError, r'SUBSAMPLE_CLASSES "base".*has 1 class\(es\)'),
+    (output_folder_of_another_config, RuntimeError,
+     r"holds a run made with a different config.*OPTIM.LR: 0.002 in the folder, 0.01 now.*"
+     r"TRAINER.COOP.N_CTX: 4 in the folder, 8 now.*TRAIN.OVERWRITE True"),
+    (corrupt_checkpoint, RuntimeError, r"is corrupt or truncated"),
+    (resume_from_a_checkpoint_of_another_class_count, RuntimeError,
+     r"made for a different run: num_classes 10 \(this run: 5\)"),
+    (checkpoint_of_another_trainer, RuntimeError, r"trainer 'MaPLe' \(this run: 'CoOp'\)"),
+]
+
+
+class Context:
+    def __init__(self, root, tmp):
+        self.root, self.tmp, self.out = root, tmp, tmp / "out"
+
+
+@pytest.mark.parametrize("case, error, message", BAD_INPUTS, ids=[case.__name__ for case, _, _ in BAD_INPUTS])
+def test_bad_input_fails_with_a_message_saying_what_to_fix(case, error, message, demo_root, tmp_path):
+    with pytest.raises(error) as caught:
+        case(Context(demo_root, tmp_path))
+    assert re.search(message, str(caught.value), re.S), str(caught.value)
+
+
+def test_the_table_covers_every_kind_of_bad_input():
+    names = [case.__name__ for case, _, _ in BAD_INPUTS]
+    print(f"\n{len(names)} bad inputs tried: {', '.join(names)}")
+    assert len(set(names)) == len(names) >= 20
+
+
+# ---------------------------------------------------------------- opt-ins that turn an error into a count
+def test_skip_bad_images_skips_warns_once_and_counts(demo_root, tmp_path):
+    from trainers.data import DatasetWrapper, Datum
+
+    write_images(tmp_path, ["a.png", "b.png"])
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    cfg = setup(demo_root, tmp_path / "out", opts=("DATASET.SKIP_BAD_IMAGES", True))
+    data = [Datum(str(tmp_path / n), i, 0, n) for i, n in enumerate(["a.png", "bad.png", "b.png"])]
+    wrapper = DatasetWrapper(cfg, data)
+    with pytest.warns(UserWarning, match=r"Skipping unreadable image .*bad.png"):
+        items = [wrapper[i] for i in range(3)] + [wrapper[1]]
+    assert [item["impath"].rsplit("/", 1)[-1] for item in items] == ["a.png", "b.png", "b.png", "b.png"]
+    assert wrapper.bad_images == [str(tmp_path / "bad.png")]
+
+
+def test_overwrite_replaces_the_old_run_and_a_same_config_resumes(demo_root, tmp_path):
+    from trainers.engine.utils import claim_output_dir
+
+    out = str(tmp_path)
+    first = setup(demo_root, out, opts=("OPTIM.LR", 0.002))
+    assert claim_output_dir(first, out) == []
+    os.makedirs(tmp_path / "prompt_learner")
+    (tmp_path / "results.json").write_text("{}")
+    # Same config but a new folder name and more epochs: the same run, extended.
+    assert claim_output_dir(setup(demo_root, out, opts=("OPTIM.LR", 0.002, "OPTIM.MAX_EPOCH", 40)), out) == []
+    assert (tmp_path / "prompt_learner").is_dir()
+    other = setup(demo_root, out, opts=("OPTIM.LR", 0.01, "TRAIN.OVERWRITE", True))
+    assert claim_output_dir(other, out, overwrite=True, previous_run_paths=["prompt_learner", "results.json"]) \
+        == ["OPTIM.LR"]
+    assert not (tmp_path / "prompt_learner").exists() and not (tmp_path / "results.json").exists()
+    assert "LR: 0.01" in (tmp_path / "config.yaml").read_text()
+
+
+# ---------------------------------------------------------------- failures inside a training run
+def poison_gradients(trainer, group, steps):
+    """Make the gradient of `group` NaN at the given (0-based) global steps."""
+    params = next(g["params"] for g in trainer.optim.param_groups if g["name"] == group)
+    calls = {"n": 0}
+
+    def hook(grad):
+        step = calls["n"] // len(params)
+        calls["n"] += 1
+        return grad * float("nan") if step in steps else grad
+    for p in params:
+        p.register_hook(hook)
+
+
+def test_nan_gradient_stops_naming_step_group_and_last_finite_values_after_writing_diagnostics(demo_root, tmp_path):
+    from trainers.engine.trainer import NonFiniteError
+
+    trainer = build_demo_trainer(demo_root, tmp_path, trainer="CoOpGated",
+                                 opts=("OPTIM.MAX_EPOCH", 1, "DATASET.NUM_SHOTS", 8, "DIAGNOSTICS.PLOTS", False))
+    poison_gradients(trainer, "gate", steps={1})
+    with pytest.raises(NonFiniteError, match=r"parameter group 'gate' at epoch 1/1, batch 2/2 \(global step 1\): "
+                                             r"\d+ NaN and 0 Inf among .*last finite step \(epoch 1/1, batch 1/2 "
+                                             r"\(global step 0\)\): loss [\d.]+, gradient L2 by group: prompt "
+                                             r"[\d.e-]+, gate [\d.e-]+.*TRAIN.NONFINITE skip"):
+        trainer.train()
+    summary = json.loads((tmp_path / "diagnostics" / "summary.json").read_text())
+    assert "NonFiniteError" in summary["aborted"] and summary["steps_logged"] == 2
+    steps = [json.loads(line) for line in open(tmp_path / "diagnostics" / "steps.jsonl")]
+    assert [s["step"] for s in steps] == [0, 1]
+
+
+def test_nan_loss_is_skipped_and_counted_with_nonfinite_skip(demo_root, tmp_path):
+    trainer = build_demo_trainer(demo_root, tmp_path, trainer="CoOpGated",
+                                 opts=("OPTIM.MAX_EPOCH", 2, "DATASET.NUM_SHOTS", 8, "TRAIN.NONFINITE", "skip",
+                                       "DIAGNOSTICS.PLOTS", False, "TRAIN.CHECKPOINT_FREQ", 1))
+    compute_losses, calls = trainer.compute_losses, {"n": 0}
+
+    def nan_at_step_2(output, label):
+        losses = compute_losses(output, label)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            losses["ce"] = losses["ce"] * float("nan")
+        return losses
+    trainer.compute_losses = nan_at_step_2
+    poison_gradients(trainer, "prompt", steps={2})  # the third backward (the NaN loss never reaches backward)
+    trainer.train()
+    assert trainer.nonfinite_skips == 2
+    assert json.loads((tmp_path / "diagnostics" / "summary.json").read_text())["nonfinite_skips"] == 2
+    assert torch.load(tmp_path / "prompt_learner" / "model.pth.tar-2", weights_only=True)["nonfinite_skips"] == 2
+    assert all(torch.isfinite(p).all() for p in trainer.model.prompt_learner.parameters())
+
+
+class FailingHook:
+    """A third-party plugin whose after_step raises at its second call."""
+
+    def __init__(self):
+        self.calls = 0
+
+    @hookimpl
+    def after_step(self, trainer):
+        self.calls += 1
+        if self.calls == 2:
+            raise RuntimeError("lost my log file")
+
+
+def test_plugin_raising_in_a_lifecycle_hook_is_named_with_its_distribution(demo_root, tmp_path, monkeypatch):
+    from gates.manager import GatescopePlugins, PluginError
+
+    plugins = GatescopePlugins(autoload=False)
+    plugins.register(FailingHook(), "flaky-logger", "flaky-logger-dist", "0.3")
+    monkeypatch.setattr("gates.manager._MANAGER", plugins)
+    trainer = build_demo_trainer(demo_root, tmp_path, opts=FAST + ("DATASET.NUM_SHOTS", 8))
+    with pytest.raises(PluginError, match=r"plugin 'flaky-logger' \(distribution flaky-logger-dist 0.3\) failed in "
+                                          r"hook after_step: RuntimeError: lost my log file"):
+        trainer.train()
+
+
+def test_diagnostics_failure_stops_the_run_without_corrupting_what_resumes(demo_root, tmp_path, monkeypatch):
+    from diagnostics.recorder import RunDiagnostics
+    from gates.manager import PluginError
+
+    opts = ("OPTIM.MAX_EPOCH", 2, "DATASET.NUM_SHOTS", 8, "TRAIN.CHECKPOINT_FREQ", 1, "DIAGNOSTICS.PLOTS", False,
+            "DIAGNOSTICS.COUNTERFACTUAL", False, "DIAGNOSTICS.INPUT_TESTS", False, "TEST.NO_TEST", True)
+    straight = build_demo_trainer(demo_root, tmp_path / "straight", trainer="CoOpGated", opts=opts)
+    straight.train()
+
+    after_epoch = RunDiagnostics.after_epoch
+
+    def broken_in_epoch_2(self):
+        if self.trainer.epoch == 1:
+            raise ZeroDivisionError("a metric divided by zero")
+        after_epoch(self)
+    monkeypatch.setattr(RunDiagnostics, "after_epoch", broken_in_epoch_2)
+    broken = build_demo_trainer(demo_root, tmp_path / "run", trainer="CoOpGated", opts=opts)
+    with pytest.raises(PluginError, match=r"plugin 'diagnostics.plugin' \(distribution gatescope built-in\) failed "
+                                          r"in hook after_epoch: ZeroDivisionError.*same command resumes"):
+        broken.train()
+    assert not (tmp_path / "run" / "prompt_learner" / "model.pth.tar-2").exists()  # epoch 2 never committed
+
+    monkeypatch.setattr(RunDiagnostics, "after_epoch", after_epoch)  # fixed: the same command resumes
+    resumed = build_demo_trainer(demo_root, tmp_path / "run", trainer="CoOpGated", opts=opts)
+    resumed.train()
+    for a, b in zip(resumed.model.prompt_learner.parameters(), straight.model.prompt_learner.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_gate_out_of_range_in_training_is_caught_at_the_first_step_with_its_name(demo_root, tmp_path, monkeypatch):
+    from gates import Gate
+    from gates.contract import GateError
+    from gates.manager import GatescopePlugins, GateEntry
+
+    class TrainsWild(Gate):
+        """Passes the build-time check (eval mode), returns 1.5 in training."""
+
+        kind = "mask"
+
+        def forward(self, cond):
+            value = 1.5 if self.training else 0.5
+            return torch.full((cond.shape[0], self.num_options), value) + 0 * cond[:, :1]
+
+    plugins = GatescopePlugins(autoload=False)
+    info = plugins.register(object(), "wild-gate", "wild-gate-dist", "1.0")
+    plugins.gates["wild"] = GateEntry("wild", lambda cfg, k, d, kind: TrainsWild(k, d), info)
+    monkeypatch.setattr("gates.manager._MANAGER", plugins)
+    trainer = build_demo_trainer(demo_root, tmp_path, trainer="CoOpGated", opts=FAST + ("GATE.NAME", "wild"))
+    with pytest.raises(GateError, match=r"gate 'wild' returned values in \[1.5, 1.5\].*first training step"):
+        trainer.train()

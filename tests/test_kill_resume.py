@@ -1,0 +1,141 @@
+"""Runs killed with SIGKILL at several points resume to the same weights, accuracy and diagnostics.
+
+Each kill is deterministic: env GATESCOPE_TEST_KILL_AT=<point>@<n> makes the run SIGKILL itself
+the n-th time it reaches <point> (trainers/engine/utils.py kill_point). A killed run is then
+restarted with the same command, possibly killed again elsewhere, until it finishes; its final
+checkpoint must equal, bit for bit, that of an uninterrupted run with the same seed.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import torch
+
+from conftest import REPO
+
+ENV = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+ENV.pop("GATESCOPE_TEST_KILL_AT", None)
+
+
+def command(trainer, root, output_dir, opts):
+    return [sys.executable, os.path.join(REPO, "train.py"), "--trainer", trainer, "--config-file",
+            os.path.join(REPO, "configs", "trainers", trainer, "demo.yaml"), "--root", root, "--seed", "1",
+            "--output-dir", str(output_dir), *map(str, opts)]
+
+
+def start(cmd, kill_at=None):
+    env = dict(ENV, GATESCOPE_TEST_KILL_AT=kill_at) if kill_at else ENV
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(process):
+    stdout, stderr = process.communicate(timeout=300)
+    return process.returncode, stdout, stderr
+
+
+def run(cmd, kill_at=None):
+    return finish(start(cmd, kill_at))
+
+
+def killed(cmd, kill_at):
+    code, stdout, stderr = run(cmd, kill_at)
+    assert code == -signal.SIGKILL, f"not killed at {kill_at} (exit {code}):\n{stderr[-3000:]}"
+    return stdout
+
+
+def completed(cmd):
+    code, stdout, stderr = run(cmd)
+    assert code == 0, stderr[-3000:]
+    return stdout
+
+
+def accuracy_lines(stdout):
+    return [line for line in stdout.splitlines() if "* accuracy" in line]
+
+
+def final_checkpoint(output_dir, epoch):
+    return torch.load(os.path.join(output_dir, "prompt_learner", f"model.pth.tar-{epoch}"), weights_only=True)
+
+
+def assert_same_checkpoint(a, b):
+    torch.testing.assert_close(a["state_dict"], b["state_dict"], rtol=0, atol=0)
+    torch.testing.assert_close(a["optimizer"]["state"], b["optimizer"]["state"], rtol=0, atol=0)
+    assert a["scheduler"] == b["scheduler"] and a["epoch"] == b["epoch"]
+
+
+def results(output_dir):
+    with open(os.path.join(output_dir, "results.json"), encoding="utf-8") as f:
+        return json.load(f)["results"]
+
+
+# 8 shots x 10 classes = 80 images = 2 training batches of 32 per epoch; deterministic kernels.
+COOP_OPTS = ("OPTIM.MAX_EPOCH", 3, "DATASET.NUM_SHOTS", 8, "TRAIN.CHECKPOINT_FREQ", 1,
+             "TRAIN.DETERMINISTIC", True, "TRAIN.PRINT_FREQ", 100)
+
+
+def test_coop_killed_mid_epoch_mid_checkpoint_and_mid_evaluation_ends_as_an_uninterrupted_run(demo_root, tmp_path):
+    straight_dir, run_dir = tmp_path / "straight", tmp_path / "killed"
+    cmd = command("CoOp", demo_root, run_dir, COOP_OPTS)
+    folder = run_dir / "prompt_learner"
+
+    # 1. During epoch 2 (its first step): epoch 1's checkpoint is the last complete one.
+    killed(cmd, "step@3")
+    # The uninterrupted run, beside the rest (started once the data and few-shot cache exist).
+    straight = start(command("CoOp", demo_root, straight_dir, COOP_OPTS))
+    assert sorted(p for p in os.listdir(folder) if not p.startswith(".")) == ["checkpoint", "model.pth.tar-1"]
+
+    # 2. Resumed, then killed half-way through writing epoch 2's checkpoint: only a temp file.
+    killed(cmd, "checkpoint_write@1")
+    names = os.listdir(folder)
+    assert "model.pth.tar-2" not in names and any(n.startswith(".model.pth.tar-2.") for n in names), names
+    assert (folder / "checkpoint").read_text() == "model.pth.tar-1\n"
+
+    # 3. Resumed from epoch 1 again, trained to the end, killed during the final evaluation.
+    killed(cmd, "evaluation@1")
+    assert (folder / "model.pth.tar-3").exists() and not (run_dir / "results.json").exists()
+    assert not any(n.endswith(".tmp") for n in os.listdir(folder))  # the resume cleared the stray file
+
+    # 4. Resumed after the last epoch: only the final test is left.
+    stdout = completed(cmd)
+    assert "will resume training" in stdout and "Previous epoch: 3" in stdout
+
+    code, straight_out, straight_err = finish(straight)
+    assert code == 0, straight_err[-3000:]
+    assert_same_checkpoint(final_checkpoint(run_dir, 3), final_checkpoint(straight_dir, 3))
+    assert accuracy_lines(stdout) == accuracy_lines(straight_out) != []
+    assert results(run_dir) == results(straight_dir)
+
+
+GATED_OPTS = ("OPTIM.MAX_EPOCH", 2, "DATASET.NUM_SHOTS", 8, "TRAIN.CHECKPOINT_FREQ", 1,
+              "TRAIN.DETERMINISTIC", True, "TRAIN.PRINT_FREQ", 100, "GATE.NAME", "mlp",
+              "DIAGNOSTICS.PLOTS", False)
+
+
+def read_lines(path):
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def test_gated_run_killed_twice_has_the_weights_and_diagnostics_of_an_uninterrupted_run(demo_root, tmp_path):
+    straight_dir, run_dir = tmp_path / "straight", tmp_path / "killed"
+    cmd = command("CoOpGated", demo_root, run_dir, GATED_OPTS)
+    killed(cmd, "step@3")  # epoch 2, first step
+    straight = start(command("CoOpGated", demo_root, straight_dir, GATED_OPTS))
+    # Killed in the final test: the resumed run trains nothing and must still know each gate's
+    # training-set mean (the counterfactual's constant) from the history.
+    killed(cmd, "evaluation@1")
+    stdout = completed(cmd)
+    code, straight_out, straight_err = finish(straight)
+    assert code == 0, straight_err[-3000:]
+
+    assert_same_checkpoint(final_checkpoint(run_dir, 2), final_checkpoint(straight_dir, 2))
+    assert accuracy_lines(stdout) == accuracy_lines(straight_out) != []
+    for name in ("steps.jsonl", "epochs.jsonl"):
+        assert read_lines(run_dir / "diagnostics" / name) == read_lines(straight_dir / "diagnostics" / name), name
+    summaries = [json.loads((d / "diagnostics" / "summary.json").read_text()) for d in (run_dir, straight_dir)]
+    for summary in summaries:
+        summary.pop("output_dir")
+    assert summaries[0] == summaries[1]
+    assert summaries[0]["gates"] and summaries[0]["evaluations"][-1]["gates"]
