@@ -159,6 +159,18 @@ def grad_stats(grads):
     return stats
 
 
+def rms(grads):
+    """||g||_2 / sqrt(numel(g)) of the concatenation of the present tensors (None entries ignored):
+    grad_stats' "rms" alone, for the per-step figures that need nothing else. None when there
+    are no entries or an entry is not finite."""
+    present = [g.detach() for g in ([grads] if isinstance(grads, torch.Tensor) else grads) if g is not None]
+    numel = sum(int(g.numel()) for g in present)
+    if numel == 0:
+        return None
+    squares = sum(float(torch.linalg.vector_norm(g, dtype=torch.float64)) ** 2 for g in present)
+    return math.sqrt(squares / numel) if math.isfinite(squares) else None
+
+
 def ratio(num, den):
     """num / den; None when den is 0 or None, num is None, or the result is not finite.
 

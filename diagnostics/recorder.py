@@ -140,7 +140,7 @@ class RunDiagnostics:
         self.step_record()["gates"][name] = record
         if output.requires_grad:
             def read_grad(grad, record=record):
-                record["dL_dg_rms"] = metrics.grad_stats([grad])["rms"]
+                record["dL_dg_rms"] = metrics.rms([grad])
                 return None
             output.register_hook(read_grad)
 
@@ -206,7 +206,7 @@ class RunDiagnostics:
         received = {}
         for name, params in self.group_params.items():
             grads = [p.grad for p in params]
-            rms = metrics.grad_stats(grads)["rms"] if any(g is not None for g in grads) else 0.0
+            rms = metrics.rms(grads) if any(g is not None for g in grads) else 0.0
             received[name] = rms
             self.current["groups"].setdefault(name, {})["received_rms"] = rms
         if "gate" in received:

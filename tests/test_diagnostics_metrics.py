@@ -489,3 +489,12 @@ def test_verdict_thresholds_partial_override_and_unmeasured():
     assert any("rho not measured" in r for r in reasons)
     with pytest.raises(ValueError, match="kind"):
         verdict(kind="soft")
+
+
+def test_rms_alone_hand_computed_and_equal_to_grad_stats():
+    from diagnostics.metrics import grad_stats, rms
+    # [3, 4] and [0, 0, 12]: sum of squares 9 + 16 + 144 = 169, n = 5 -> sqrt(169 / 5)
+    grads = [torch.tensor([3.0, 4.0]), None, torch.tensor([0.0, 0.0, 12.0])]
+    assert rms(grads) == pytest.approx((169 / 5) ** 0.5, rel=1e-12)
+    assert rms(grads) == pytest.approx(grad_stats(grads)["rms"], rel=1e-12)
+    assert rms([None]) is None and rms([torch.tensor([float("nan")])]) is None
