@@ -23,7 +23,7 @@ MAX_MASK_BITS = 62
 # --------------------------------------------------------------------------- helpers
 
 
-def _finite_or_none(x):
+def finite_or_none(x):
     """float(x) when it is a finite number, else None (keeps NaN/inf out of JSON)."""
     if x is None:
         return None
@@ -75,7 +75,7 @@ def _pearson(x, y):
     denom = torch.sqrt((dx * dx).sum() * (dy * dy).sum())
     if denom.item() == 0.0:
         return None
-    return _finite_or_none(((dx * dy).sum() / denom).item())
+    return finite_or_none(((dx * dy).sum() / denom).item())
 
 
 def _check_gate_matrix(g, kind):
@@ -152,7 +152,7 @@ def grad_stats(grads):
     stats["nonfinite_count"] = int(n_nonfinite)
     stats["zero_share"] = n_zero / numel
     stats["share_below_1e-8"] = n_below / numel
-    stats["min_abs_nonzero"] = _finite_or_none(min_abs)
+    stats["min_abs_nonzero"] = finite_or_none(min_abs)
     if n_nonfinite == 0:
         stats["l2"] = math.sqrt(total_sq)
         stats["rms"] = stats["l2"] / math.sqrt(numel)
@@ -176,10 +176,10 @@ def ratio(num, den):
 
     The study's per-element imbalance is rho = ratio(rms_gate, rms_prompt).
     """
-    num, den = _finite_or_none(num), _finite_or_none(den)
+    num, den = finite_or_none(num), finite_or_none(den)
     if num is None or den is None or den == 0.0:
         return None
-    return _finite_or_none(num / den)
+    return finite_or_none(num / den)
 
 
 def magnitude_gap(l2_prompt, l2_gate):
@@ -189,7 +189,7 @@ def magnitude_gap(l2_prompt, l2_gate):
     either norm is 0, negative or None. Group norms grow with sqrt(parameter count), so read it
     beside the per-element rho.
     """
-    p, g = _finite_or_none(l2_prompt), _finite_or_none(l2_gate)
+    p, g = finite_or_none(l2_prompt), finite_or_none(l2_gate)
     if p is None or g is None or p <= 0.0 or g <= 0.0:
         return None
     return math.log10(p) - math.log10(g)
@@ -217,7 +217,7 @@ def relative_update(before, after):
         base_sq += float((b * b).sum())
     if base_sq == 0.0:
         return None
-    return _finite_or_none(math.sqrt(diff_sq) / math.sqrt(base_sq))
+    return finite_or_none(math.sqrt(diff_sq) / math.sqrt(base_sq))
 
 
 def fp16_underflow(grads, min_threshold=1e-7, tiny=1e-8, share=0.2):
@@ -272,7 +272,7 @@ def activation_slope(logits, activation):
         slope = (z > 0).to(torch.float64)
     else:
         return None
-    return _finite_or_none(slope.mean().item())
+    return finite_or_none(slope.mean().item())
 
 
 def layer_slope(norms):
@@ -285,7 +285,7 @@ def layer_slope(norms):
     """
     if isinstance(norms, torch.Tensor):
         norms = norms.detach().to(torch.float64).reshape(-1).tolist()
-    points = [(i, math.log10(v)) for i, v in enumerate(map(_finite_or_none, norms)) if v is not None and v > 0]
+    points = [(i, math.log10(v)) for i, v in enumerate(map(finite_or_none, norms)) if v is not None and v > 0]
     if len(points) < 2:
         return None
     x_mean = sum(x for x, _ in points) / len(points)
@@ -396,7 +396,7 @@ def gate_output_stats(g, kind, eps=0.01):
         stats.update(sample_entropy=float(_entropy_nats(x.clamp(min=0.0), dim=1).mean()),
                      usage_entropy=usage_entropy, effective_options=math.exp(usage_entropy),
                      top_share=float(option_mean.max()))
-    return {k: ([_finite_or_none(x) for x in v] if isinstance(v, list) else _finite_or_none(v))
+    return {k: ([finite_or_none(x) for x in v] if isinstance(v, list) else finite_or_none(v))
             for k, v in stats.items()}
 
 
@@ -497,10 +497,10 @@ def pattern_stats(values, *, uniform_std=0.1, decay_corr=-0.5):
     if v.numel() == 0:
         return {"std": None, "uniform": False, "binary_entropy": None, "effective_length": None,
                 "depth_monotonicity": None, "decay": False}
-    std = _finite_or_none(v.std(correction=0).item())
+    std = finite_or_none(v.std(correction=0).item())
     corr = _pearson(torch.arange(v.numel(), dtype=torch.float64), v) if v.numel() >= 2 else None
     return {"std": std, "uniform": std is not None and std < uniform_std,
-            "binary_entropy": _finite_or_none(_binary_entropy_nats(v).mean().item()),
+            "binary_entropy": finite_or_none(_binary_entropy_nats(v).mean().item()),
             "effective_length": int((v > 0.5).sum()),
             "depth_monotonicity": corr, "decay": corr is not None and corr < decay_corr}
 
@@ -521,7 +521,7 @@ def logit_sensitivity(base_logits, noisy_logits_by_sigma, *, inert_below=0.01):
             raise ValueError(f"logit_sensitivity: logits for sigma {sigma} have shape {tuple(noisy.shape)}, "
                              f"the base logits {tuple(base.shape)}; evaluate both on the same batch")
         diff = (noisy.detach().to(torch.float64).to(base.device) - base).abs()
-        per_sigma[sigma] = _finite_or_none(diff.mean().item()) if diff.numel() else None
+        per_sigma[sigma] = finite_or_none(diff.mean().item()) if diff.numel() else None
     defined = [x for x in per_sigma.values() if x is not None]
     top = max(defined) if defined else None
     return {"per_sigma": per_sigma, "max": top, "inert": top is not None and top < inert_below}

@@ -3,9 +3,9 @@
 A pure function of the run's summary figures (no trainer, no I/O), so the verdict of any finished
 run can be recomputed from its summary.json with other thresholds.
 """
-import math
-
 from gates.contract import GATE_KINDS
+
+from .metrics import finite_or_none as _measured  # None when not measured (None, NaN or inf)
 
 VERDICTS = ("healthy", "imbalanced", "degraded", "collapsed")
 
@@ -37,14 +37,6 @@ def _fmt(x):
     if x == 0 or 1e-2 <= abs(x) < 1e4:
         return f"{x:.3g}"
     return f"{x:.1e}"
-
-
-def _measured(x):
-    """x as a float when it is a finite number; None when it was not measured (None, NaN or inf)."""
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
 
 
 def _merged(thresholds):
