@@ -19,6 +19,7 @@ def add_diagnostics_config(cfg):
     d.GAP_SEVERE = DEFAULT_THRESHOLDS["GAP_SEVERE"]  # the study's log10 gradient gap called severe
     # Probes at evaluation and at chosen epochs (1-based epoch numbers, the study used 1, 4, 9):
     d.COUNTERFACTUAL = True  # at each evaluation: the gate replaced by its training-set mean
+    d.EMBEDDING = True  # at each evaluation: image-text alignment, class separation, silhouette, text drift
     d.INPUT_TESTS = True  # at each evaluation: conditioning shuffled across the batch, and noise
     d.PROBE_EPOCHS = []  # fixed schedules, random gates, per-layer mean, noise on logits, loss competition
     d.PROBE_BATCHES = 4  # test batches used by the per-epoch probes (0: the whole test set)

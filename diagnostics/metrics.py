@@ -551,3 +551,69 @@ def tail(values, share):
         return []
     count = min(len(values), max(1, math.ceil(share * len(values) - 1e-9)))
     return values[-count:]
+
+
+# --------------------------------------------------------------------------- embedding stability
+
+
+def _class_cosines(image, text):
+    """(N, C) cosines of unit image features (N, D) with unit class text features (C, D) or,
+    instance-conditioned, (N, C, D)."""
+    image, text = image.to(torch.float64), text.to(torch.float64)
+    if text.dim() == 2:
+        return image @ text.t()
+    return torch.einsum("nd,ncd->nc", image, text)
+
+
+def embedding_alignment(image, text, labels):
+    """The study's embedding figures from unit-norm features of an evaluation.
+
+      alignment  = mean_i cos(x_i, t_{y_i})                      (image-text alignment)
+      separation = mean_i [cos(x_i, t_{y_i}) - max_{c != y_i} cos(x_i, t_c)]   (class separation margin)
+    image (N, D), text (C, D) or (N, C, D), labels (N,). None for N == 0 or a single class.
+    """
+    labels = torch.as_tensor(labels).long().reshape(-1)
+    if labels.numel() == 0:
+        return {"alignment": None, "separation": None}
+    cos = _class_cosines(image, text)
+    own = cos.gather(1, labels.view(-1, 1)).squeeze(1)
+    if cos.shape[1] < 2:
+        return {"alignment": finite_or_none(own.mean()), "separation": None}
+    others = cos.scatter(1, labels.view(-1, 1), float("-inf")).max(dim=1).values
+    return {"alignment": finite_or_none(own.mean()), "separation": finite_or_none((own - others).mean())}
+
+
+def silhouette(features, labels):
+    """Mean silhouette of the features grouped by label, cosine distance d = 1 - cos:
+    s_i = (b_i - a_i) / max(a_i, b_i), a_i the mean distance to the other members of i's class,
+    b_i the smallest mean distance to another class; s_i = 0 for a class of one. None when fewer
+    than 2 classes or no features."""
+    labels = torch.as_tensor(labels).long().reshape(-1)
+    classes = labels.unique()
+    if labels.numel() == 0 or classes.numel() < 2:
+        return None
+    x = torch.nn.functional.normalize(features.to(torch.float64), dim=-1)
+    dist = 1.0 - x @ x.t()
+    scores = []
+    for i in range(labels.numel()):
+        same = labels == labels[i]
+        n_same = int(same.sum()) - 1
+        if n_same == 0:
+            scores.append(0.0)
+            continue
+        a = float(dist[i][same].sum() / n_same)  # d(i, i) = 0 adds nothing
+        b = min(float(dist[i][labels == c].mean()) for c in classes if c != labels[i])
+        scores.append((b - a) / max(a, b) if max(a, b) > 0 else 0.0)
+    return finite_or_none(sum(scores) / len(scores))
+
+
+def text_drift(previous, current):
+    """1 - mean_c cos(t_c before, t_c now) between two evaluations' class text features (C, D)
+    (instance-conditioned ones averaged over images first). None when either is missing."""
+    if previous is None or current is None:
+        return None
+    a = torch.nn.functional.normalize(previous.to(torch.float64), dim=-1)
+    b = torch.nn.functional.normalize(current.to(torch.float64), dim=-1)
+    if a.shape != b.shape:
+        return None
+    return finite_or_none(1.0 - (a * b).sum(-1).mean())

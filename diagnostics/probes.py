@@ -182,3 +182,39 @@ def loss_competition_probe(trainer, batch):
                 term_grads[name] = torch.cat(flat) if flat else None
             out[head.name] = metrics.loss_competition(term_grads, [n for n in losses if n != "ce"])
     return out
+
+
+@torch.no_grad()
+def embedding_probe(trainer, loader, previous_text=None, max_images=2000):
+    """The study's embedding figures on an evaluation split: image-text alignment, class
+    separation margin, silhouette of the image features by class, and the drift of the class
+    text features since `previous_text` (the last evaluation's). Returns (figures, class text (C, D))."""
+    from trainers.backbone.adapter import capture_embeddings
+
+    images, texts, labels = [], [], []
+    with quiet_probe(trainer):
+        trainer.model.eval()
+        with capture_embeddings() as sink:
+            for batch in loader:
+                image, label = trainer.parse_batch_test(batch)
+                start = len(sink)
+                trainer.model_inference(image)
+                if len(sink) == start:
+                    continue
+                img, txt = sink[-1]
+                images.append(img.float().cpu())
+                texts.append(txt.float().cpu())
+                labels.append(label.cpu())
+                del sink[:]
+                if sum(x.shape[0] for x in images) >= max_images:
+                    break
+    if not images:
+        return None, None
+    image, label = torch.cat(images), torch.cat(labels)
+    per_image = texts[0].dim() == 3
+    text = torch.cat(texts) if per_image else texts[0]
+    class_text = text.mean(0) if per_image else text
+    figures = metrics.embedding_alignment(image, text, label)
+    figures["silhouette"] = metrics.silhouette(image, label)
+    figures["text_drift"] = metrics.text_drift(previous_text, class_text)
+    return figures, class_text

@@ -237,6 +237,9 @@ class RunDiagnostics:
         t = self.trainer
         loader = t.val_loader if split == "val" and t.val_loader is not None else t.test_loader
         entry = {"epoch": getattr(t, "epoch", 0), "split": split, "acc": results.get("accuracy"), "gates": {}}
+        if self.cfg.EMBEDDING:
+            entry["embedding"], self.last_class_text = probes.embedding_probe(
+                t, loader, getattr(self, "last_class_text", None))
         for name, track in self.tracks.items():
             g = {}
             if self.cfg.COUNTERFACTUAL:
@@ -357,6 +360,7 @@ class RunDiagnostics:
             "seed": cfg.SEED, "output_dir": t.output_dir, "steps_logged": len(self.steps),
             "epochs": len(self.epochs), "thresholds": th, "gates": gates,
             "layer_slope": metrics.median(s.get("layer_slope") for s in window),
+            "embedding": last_eval.get("embedding"),
             "fp16_underflow_share": (sum(bool(u) for u in underflow) / len(underflow)) if underflow else None,
             "nonfinite_skips": int(getattr(t, "nonfinite_skips", 0)),
             "evaluations": self.evaluations,

@@ -498,3 +498,33 @@ def test_rms_alone_hand_computed_and_equal_to_grad_stats():
     assert rms(grads) == pytest.approx((169 / 5) ** 0.5, rel=1e-12)
     assert rms(grads) == pytest.approx(grad_stats(grads)["rms"], rel=1e-12)
     assert rms([None]) is None and rms([torch.tensor([float("nan")])]) is None
+
+
+def test_embedding_alignment_and_separation_hand_computed():
+    # Two unit images, two classes. x0 = e0 (label 0), x1 = (0.6, 0.8) (label 1);
+    # t0 = e0, t1 = e1. cos: x0 -> (1, 0); x1 -> (0.6, 0.8).
+    image = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    text = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    out = M.embedding_alignment(image, text, torch.tensor([0, 1]))
+    assert out["alignment"] == pytest.approx((1.0 + 0.8) / 2)
+    assert out["separation"] == pytest.approx(((1.0 - 0.0) + (0.8 - 0.6)) / 2)
+    # Instance-conditioned text (N, C, D) gives the same when every image sees the same classes.
+    per_image = text.unsqueeze(0).expand(2, -1, -1)
+    assert M.embedding_alignment(image, per_image, torch.tensor([0, 1])) == out
+    assert M.embedding_alignment(image[:0], text, torch.tensor([], dtype=torch.long))["alignment"] is None
+
+
+def test_silhouette_hand_computed():
+    # Class 0: e0, e0; class 1: e1. Cosine distances: d(e0, e0) = 0, d(e0, e1) = 1.
+    # Points of class 0: a = 0, b = 1 -> s = 1; the lone class-1 point: s = 0. Mean 2/3.
+    x = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    assert M.silhouette(x, torch.tensor([0, 0, 1])) == pytest.approx(2 / 3)
+    assert M.silhouette(x, torch.tensor([0, 0, 0])) is None
+
+
+def test_text_drift_hand_computed():
+    before = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    after = torch.tensor([[1.0, 0.0], [1.0, 1.0]])  # second class turned by 45 degrees
+    assert M.text_drift(before, after) == pytest.approx(1 - (1 + 2 ** -0.5) / 2)
+    assert M.text_drift(before, before) == pytest.approx(0.0, abs=1e-12)
+    assert M.text_drift(None, after) is None

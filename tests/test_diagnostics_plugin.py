@@ -206,3 +206,30 @@ def test_resume_keeps_the_history_of_checkpointed_epochs(demo_root, tmp_path):
     ref = [json.loads(line) for line in open(tmp_path / "full" / "diagnostics" / "steps.jsonl")]
     assert [s["step"] for s in steps] == [s["step"] for s in ref]
     assert len([json.loads(line) for line in open(tmp_path / "cut" / "diagnostics" / "epochs.jsonl")]) == 2
+
+
+def test_embedding_figures_at_each_evaluation(demo_root, tmp_path):
+    from diagnostics import metrics
+
+    trainer = build_demo_trainer(demo_root, tmp_path, trainer="CoCoOpGated", opts=FAST)
+    trainer.train()
+    trainer.test()  # a second evaluation with no training between: no drift
+    summary = json.load(open(tmp_path / "diagnostics" / "summary.json"))
+    first, second = (e["embedding"] for e in summary["evaluations"][-2:])
+    assert -1 <= first["alignment"] <= 1 and first["separation"] is not None
+    assert -1 <= first["silhouette"] <= 1
+    assert second["text_drift"] == pytest.approx(0.0, abs=1e-6)
+    assert summary["embedding"] == second
+    # The alignment is the mean cosine of each test image with its class's text feature: recompute it.
+    from trainers.backbone.adapter import capture_embeddings
+    trainer.model.eval()
+    with torch.no_grad(), capture_embeddings() as sink:
+        images, labels = [], []
+        for batch in trainer.test_loader:
+            image, label = trainer.parse_batch_test(batch)
+            trainer.model_inference(image)
+            labels.append(label)
+    image = torch.cat([img for img, _ in sink])
+    text = torch.cat([txt for _, txt in sink])  # CoCoOp: (N, C, D) per-image class features
+    assert metrics.embedding_alignment(image, text, torch.cat(labels))["alignment"] == pytest.approx(
+        second["alignment"], rel=1e-5)

@@ -10,6 +10,8 @@ is causal, so the feature at the EOT position never depends on positions after i
 only the first `max(eot) + 1` positions gives the same EOT features as all 77, several times
 cheaper (prompt templates cut their buffers to that length; see `trainers.prompting`).
 """
+import contextlib
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -255,6 +257,23 @@ class ClipBackbone(nn.Module):
         return pooled
 
 
+# When a list, every cosine_logits call appends its normalised (image, text) features to it: the
+# diagnostics read the embeddings of an evaluation this way (see `capture_embeddings`).
+_EMBEDDING_SINK = None
+
+
+@contextlib.contextmanager
+def capture_embeddings():
+    """Collect the normalised (image features, text features) of every cosine_logits call made
+    inside the block (detached): the one place where every CLIP wrapper meets its embeddings."""
+    global _EMBEDDING_SINK
+    previous, _EMBEDDING_SINK = _EMBEDDING_SINK, []
+    try:
+        yield _EMBEDDING_SINK
+    finally:
+        _EMBEDDING_SINK = previous
+
+
 def cosine_logits(image_features, text_features, logit_scale):
     """logit_scale.exp() * cos(image, text).
 
@@ -263,6 +282,8 @@ def cosine_logits(image_features, text_features, logit_scale):
     """
     image_features = F.normalize(image_features, dim=-1)
     text_features = F.normalize(text_features, dim=-1)
+    if _EMBEDDING_SINK is not None:
+        _EMBEDDING_SINK.append((image_features.detach(), text_features.detach()))
     scale = logit_scale.exp()
     if text_features.dim() == 2:
         return scale * image_features @ text_features.t()
