@@ -152,12 +152,20 @@ class PromptTrainer(TrainerX):
         return True
 
     def group_grad_l2(self):
-        """{group name: L2 norm of its gradient} in float64 (NaN/Inf when a value is)."""
-        norms = {}
+        """{group name: L2 norm of its gradient} (NaN/Inf when a value is).
+
+        Every step runs this, so no float64 copy of the gradients is made (norms accumulate in
+        float32, also for fp16 gradients) and the host waits for the device once, not per group.
+        """
+        names, norms = [], []
         for i, group in enumerate(self.optim.param_groups):
-            grads = [p.grad.detach().double().norm() for p in group["params"] if p.grad is not None]
-            norms[group.get("name", f"group{i}")] = float(torch.stack(grads).norm()) if grads else 0.0
-        return norms
+            grads = [p.grad.detach() for p in group["params"] if p.grad is not None]
+            names.append(group.get("name", f"group{i}"))
+            norms.append(torch.linalg.vector_norm(torch.stack(
+                [torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads]))
+                if grads else torch.zeros((), device=self.device))
+        values = torch.stack([n.to(self.device) for n in norms]).tolist() if norms else []
+        return dict(zip(names, values))
 
     def count_nonfinite(self, group_name):
         group = next(g for i, g in enumerate(self.optim.param_groups) if g.get("name", f"group{i}") == group_name)

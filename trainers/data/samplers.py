@@ -32,7 +32,30 @@ def _images_per_domain(domain_dict, batch_size, n_domain, sampler):
     return n_img
 
 
-class RandomDomainSampler(Sampler):
+class DomainBatchSampler(Sampler):
+    """Dassl's domain samplers share this: rounds of `n_img_per_domain` random images (without
+    replacement) from each domain of `round_domains()`, until a drawn domain runs low."""
+
+    def __iter__(self):
+        domain_dict = copy.deepcopy(self.domain_dict)
+        final_idxs = []
+        stop_sampling = False
+        while not stop_sampling:
+            for domain in self.round_domains():
+                idxs = domain_dict[domain]
+                selected = random.sample(idxs, self.n_img_per_domain)
+                final_idxs.extend(selected)
+                for idx in selected:
+                    idxs.remove(idx)
+                if len(idxs) < self.n_img_per_domain:
+                    stop_sampling = True
+        return iter(final_idxs)
+
+    def __len__(self):
+        return self.length
+
+
+class RandomDomainSampler(DomainBatchSampler):
     """Each batch: `n_domain` random domains (all when n_domain <= 0), batch_size / n_domain
     random images from each, without replacement; the epoch ends when a drawn domain runs low."""
 
@@ -51,26 +74,11 @@ class RandomDomainSampler(Sampler):
         self.n_domain = n_domain
         self.length = len(list(self.__iter__()))
 
-    def __iter__(self):
-        domain_dict = copy.deepcopy(self.domain_dict)
-        final_idxs = []
-        stop_sampling = False
-        while not stop_sampling:
-            for domain in random.sample(self.domains, self.n_domain):
-                idxs = domain_dict[domain]
-                selected = random.sample(idxs, self.n_img_per_domain)
-                final_idxs.extend(selected)
-                for idx in selected:
-                    idxs.remove(idx)
-                if len(idxs) < self.n_img_per_domain:
-                    stop_sampling = True
-        return iter(final_idxs)
-
-    def __len__(self):
-        return self.length
+    def round_domains(self):
+        return random.sample(self.domains, self.n_domain)
 
 
-class SeqDomainSampler(Sampler):
+class SeqDomainSampler(DomainBatchSampler):
     """Each batch: batch_size / n_domains random images from every domain, in sorted domain order."""
 
     def __init__(self, data_source, batch_size):
@@ -82,23 +90,8 @@ class SeqDomainSampler(Sampler):
         self.batch_size = batch_size
         self.length = len(list(self.__iter__()))
 
-    def __iter__(self):
-        domain_dict = copy.deepcopy(self.domain_dict)
-        final_idxs = []
-        stop_sampling = False
-        while not stop_sampling:
-            for domain in self.domains:
-                idxs = domain_dict[domain]
-                selected = random.sample(idxs, self.n_img_per_domain)
-                final_idxs.extend(selected)
-                for idx in selected:
-                    idxs.remove(idx)
-                if len(idxs) < self.n_img_per_domain:
-                    stop_sampling = True
-        return iter(final_idxs)
-
-    def __len__(self):
-        return self.length
+    def round_domains(self):
+        return self.domains
 
 
 class RandomClassSampler(Sampler):
