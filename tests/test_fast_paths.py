@@ -110,6 +110,33 @@ def test_training_with_the_cache_equals_training_without(demo_root, tmp_path, na
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=k)
 
 
+@pytest.mark.parametrize("views", [0, 3])
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_cached_feature_loader_yields_what_a_dataloader_would(items, views, drop_last):
+    data = items * 3  # 9 items, batches of 4: a short last batch
+    features = torch.randn(len(data), *((views,) if views else ()), 5)
+    sampler = torch.utils.data.RandomSampler(data)
+    fast = fc.CachedFeatureLoader(fc.CachedFeatureDataset(data, features, seed=7), sampler, 4, drop_last)
+    ref = torch.utils.data.DataLoader(fc.CachedFeatureDataset(data, features, seed=7), batch_size=4,
+                                      sampler=sampler, drop_last=drop_last)
+    torch.manual_seed(0)
+    got = list(fast)
+    after_fast = torch.rand(1)
+    torch.manual_seed(0)
+    want = list(ref)
+    assert torch.equal(torch.rand(1), after_fast)  # the global RNG advanced the same way
+    assert len(got) == len(want) == len(fast) == len(ref) == (2 if drop_last else 3)
+    for a, b in zip(got, want):
+        assert a.keys() == b.keys() and a["impath"] == b["impath"]
+        for key in ("label", "domain", "index"):
+            assert torch.equal(a[key], b[key]), key
+        if views:  # each item gets one of its stored views; which one is the loader's own draw
+            stored = features[a["index"]]
+            assert all(any(torch.equal(f, v) for v in s) for f, s in zip(a["img"], stored))
+        else:
+            assert torch.equal(a["img"], b["img"])
+
+
 def test_random_transform_uses_no_cache_unless_a_bank_is_asked_for(demo_root, tmp_path):
     opts = ("DATALOADER.FEATURE_CACHE.DIR", tmp_path / "fc", "INPUT.TRANSFORMS", ["random_flip", "normalize"])
     plain = train_one_epoch(demo_root, tmp_path / "a", "CoOp", *opts)
