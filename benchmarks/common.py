@@ -20,8 +20,21 @@ import torch  # noqa: E402
 def banner(question, setting):
     print(f"# {question}")
     print(f"# setting: {setting}")
-    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{'cuda' if torch.cuda.is_available() else 'cpu'}")
+    where = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, {where}")
+
+
+def bench_device(name=None):
+    """Where a script that builds its own models runs: `name`, else the GPU when there is one
+    (the trainer-based scripts follow the trainers' own rule, which is the same)."""
+    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def synchronize():
+    """Wait for queued GPU work: CUDA calls return before the kernels finish, so a timing
+    without this measures the queueing."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def timed(fn, repeat=3, warmup=1):
@@ -30,10 +43,32 @@ def timed(fn, repeat=3, warmup=1):
         fn()
     times = []
     for _ in range(repeat):
+        synchronize()
         start = time.perf_counter()
         fn()
+        synchronize()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+@contextmanager
+def gpu_peak_bytes(record, device):
+    """record["gpu_peak"]: the peak GPU memory the block allocated beyond what was allocated
+    when it began (None on the CPU, where `saved_activation_bytes` is the measure)."""
+    if torch.device(device).type != "cuda":
+        record["gpu_peak"] = None
+        yield record
+        return
+    synchronize()
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    yield record
+    synchronize()
+    record["gpu_peak"] = torch.cuda.max_memory_allocated(device) - base
+
+
+def mib(nbytes):
+    return "n/a" if nbytes is None else f"{nbytes / 2 ** 20:.0f} MiB"
 
 
 @contextmanager
@@ -75,6 +110,11 @@ def saved_activation_bytes(record):
 def frozen_storages(*modules):
     """data_ptrs of the modules' parameters and buffers (excluded from saved_activation_bytes)."""
     return {t.untyped_storage().data_ptr() for m in modules for t in [*m.parameters(), *m.buffers()]}
+
+
+# The study's backbone shape with random weights (no download) on the demo data: config options
+# for the trainer-based scripts' `--size vit_b16`.
+VIT_B16_OPTS = ("MODEL.BACKBONE.NAME", "ViT-B/16", "MODEL.BACKBONE.PRETRAINED", "", "INPUT.SIZE", "(224, 224)")
 
 
 def demo_trainer(root, out, trainer, opts=()):

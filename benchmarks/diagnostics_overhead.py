@@ -10,15 +10,14 @@ Run: python benchmarks/diagnostics_overhead.py [--size vit_b16|tiny] [--trainers
 import argparse
 import tempfile
 
-from common import banner, demo_trainer, quiet, timed
+from common import VIT_B16_OPTS, banner, demo_trainer, quiet, timed
 
 import torch
 
 
 SIZES = {
     "tiny": {"opts": (), "steps": 30, "repeat": 3},
-    "vit_b16": {"opts": ("MODEL.BACKBONE.NAME", "ViT-B/16", "MODEL.BACKBONE.PRETRAINED", "", "INPUT.SIZE", "(224, 224)",
-                         "DATALOADER.TRAIN_X.BATCH_SIZE", 4), "steps": 2, "repeat": 1,
+    "vit_b16": {"opts": VIT_B16_OPTS + ("DATALOADER.TRAIN_X.BATCH_SIZE", 4), "steps": 2, "repeat": 1,
                 "trainer_opts": {"MaPLeGated": ("TRAINER.MAPLE.PROMPT_DEPTH", 9)}},
 }
 

@@ -10,16 +10,15 @@ import argparse
 import tempfile
 import time
 
-from common import banner, demo_trainer, quiet, timed
+from common import VIT_B16_OPTS, banner, demo_trainer, quiet, timed
 
 import torch
 
 
 SIZES = {
     "demo": (),
-    # The study's backbone shape with random weights (no download): what the cache saves grows
-    # with the image tower.
-    "vit_b16": ("MODEL.BACKBONE.NAME", "ViT-B/16", "MODEL.BACKBONE.PRETRAINED", "", "INPUT.SIZE", "(224, 224)"),
+    # What the cache saves grows with the image tower.
+    "vit_b16": VIT_B16_OPTS,
 }
 
 
