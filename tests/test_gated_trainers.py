@@ -49,7 +49,11 @@ def test_gate_fixed_open_reproduces_the_parent(demo_root, tmp_path, parent, gate
     tol = dict(rtol=0, atol=0) if exact else dict(rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(logits, ref_logits, **tol)
     for name, grad in ref_grads.items():
-        torch.testing.assert_close(grads[name].reshape(grad.shape), grad, **(tol if exact else dict(rtol=1e-4, atol=1e-6)))
+        # A per-input gate encodes the prompts once per image instead of once per batch: other
+        # matrix shapes, other float32 rounding, up to ~3e-6 of the largest gradient entry
+        # (measured), which a fixed atol on the smallest entries mistook for a difference.
+        scaled = dict(rtol=1e-4, atol=1e-5 * float(grad.abs().max()))
+        torch.testing.assert_close(grads[name].reshape(grad.shape), grad, **(tol if exact else scaled))
 
 
 def test_depth_gate_closed_keeps_the_shallow_prompts_throughout(demo_root, tmp_path):
