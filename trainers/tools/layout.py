@@ -33,7 +33,7 @@ DG_TARGETS = ("imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r")
 GATE_SEPARATOR = "@"
 
 
-@dataclass(frozen=True)
+@dataclass
 class RunKey:
     """What a run folder's path says about the run. `phase` is "" for few-shot runs."""
 

@@ -21,11 +21,11 @@ import json
 import os
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import yaml
 
-from .layout import parse_run_dir
+from .layout import RunKey, parse_run_dir
 
 RESULTS_FILE = "results.json"
 SUMMARY_FILE = os.path.join("diagnostics", "summary.json")
@@ -43,17 +43,11 @@ _LAST_CHECKPOINT = re.compile(r"model\.pth\.tar-(\d+)")
 
 
 @dataclass
-class Run:
-    """One run folder, read. `status` is "ok", "incomplete" or "failed"; `reason` says why not ok."""
+class Run(RunKey):
+    """One run folder, read: what it is (the `RunKey` fields, from its path or, for other layouts,
+    its files) and how it ended. `status` is "ok", "incomplete" or "failed"; `reason` says why not ok."""
 
     path: str
-    protocol: str
-    phase: str
-    dataset: str
-    trainer: str
-    cfg: str
-    shots: int
-    seed: int
     status: str
     accuracy: float = None  # final test accuracy in %, None unless status is "ok"
     reason: str = ""
@@ -307,11 +301,9 @@ def failure_reason(record):
 
 def _failed_run(output_dir, record):
     """A Run for a recorded failure that left no run folder behind."""
-    key = parse_run_dir(output_dir)
-    return Run(path=output_dir, protocol=key.protocol if key else "other", phase=key.phase if key else "",
-               dataset=key.dataset if key else "?", trainer=key.trainer if key else "?",
-               cfg=key.cfg if key else "-", shots=key.shots if key else -1, seed=key.seed if key else -1,
-               status="failed", reason=failure_reason(record), source=FAILURES_FILE)
+    key = parse_run_dir(output_dir) or RunKey(protocol="other", phase="", dataset="?", trainer="?", cfg="-",
+                                               shots=-1, seed=-1)
+    return Run(**asdict(key), path=output_dir, status="failed", reason=failure_reason(record), source=FAILURES_FILE)
 
 
 def read_runs(paths, failures=None):
