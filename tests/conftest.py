@@ -6,9 +6,41 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Keep plugins installed on a developer's machine out of the tests.
 os.environ.setdefault("GATESCOPE_DISABLE_PLUGIN_AUTOLOAD", "1")
 
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
 import pytest  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def pytest_configure(config):
+    """The tests write their caches (image features above all: one file per generated data
+    folder) into a GATESCOPE_CACHE of their own, never into the user's. The demo backbone's
+    weights, which take a minute to pretrain, are copied in from the user's cache when there
+    and copied back at the end when the tests had to make them."""
+    from trainers.backbone.demo_weights import demo_weights_path
+
+    user_weights = demo_weights_path()  # where GATESCOPE_CACHE (or its default) points now
+    cache = tempfile.mkdtemp(prefix="gatescope_test_cache_")
+    name = os.path.basename(user_weights)
+    if os.path.isfile(user_weights):
+        shutil.copyfile(user_weights, os.path.join(cache, name))
+    config._gatescope_cache = (cache, user_weights)
+    os.environ["GATESCOPE_CACHE"] = cache  # subprocesses (train.py, benchmarks) inherit it
+
+
+def pytest_unconfigure(config):
+    cache, user_weights = getattr(config, "_gatescope_cache", (None, None))
+    if cache is None:
+        return
+    made = os.path.join(cache, os.path.basename(user_weights))
+    if os.path.isfile(made) and not os.path.isfile(user_weights):
+        os.makedirs(os.path.dirname(user_weights), exist_ok=True)
+        tmp = f"{user_weights}.tmp-{os.getpid()}"
+        shutil.copyfile(made, tmp)
+        os.replace(tmp, user_weights)  # atomic, as ensure_demo_weights writes it
+    shutil.rmtree(cache, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
