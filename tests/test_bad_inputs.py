@@ -296,6 +296,15 @@ def fewshot_cache_with_a_forged_datum(ctx):
     dataset(root, "ImageFolder", NUM_SHOTS=1)
 
 
+def root_without_a_dataset(ctx):
+    import trainers
+    from trainers.cli import build_train_parser
+
+    trainers.setup_cfg(build_train_parser().parse_args(
+        ["--trainer", "CoOp", "--config-file", os.path.join(REPO, "configs", "trainers", "CoOp", "demo.yaml"),
+         "--root", str(ctx.tmp / "my_images"), "--output-dir", str(ctx.out)]))
+
+
 # (case, exception type, what the message must say)
 BAD_INPUTS = [
     (unknown_trainer, KeyError, r'Unknown trainer "CoOpp".*Available trainers: .*CoOp'),
@@ -350,6 +359,8 @@ BAD_INPUTS = [
      r'mine/split.json" was built by gatescope from the class folders .*\(added: zebra\)\. Delete it'),
     (fewshot_cache_with_a_forged_datum, ValueError,
      r'shot_1-seed_1.pkl": item 0 of "train" is not a valid Datum \(_label = .* is not a int\).*Delete it'),
+    (root_without_a_dataset, ValueError,
+     r'--root ".*my_images" is given but no dataset is named.*configs/datasets/gatescope_demo.yaml'),
 ]
 
 

@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from conftest import REPO
+from conftest import DEMO_DATASET_CONFIG, REPO
 
 ENV = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 ENV.pop("GATESCOPE_TEST_KILL_AT", None)
@@ -21,7 +21,8 @@ ENV.pop("GATESCOPE_TEST_KILL_AT", None)
 
 def command(trainer, root, output_dir, opts):
     return [sys.executable, os.path.join(REPO, "train.py"), "--trainer", trainer, "--config-file",
-            os.path.join(REPO, "configs", "trainers", trainer, "demo.yaml"), "--root", root, "--seed", "1",
+            os.path.join(REPO, "configs", "trainers", trainer, "demo.yaml"), "--dataset-config-file",
+            DEMO_DATASET_CONFIG, "--root", root, "--seed", "1",
             "--output-dir", str(output_dir), *map(str, opts)]
 
 

@@ -21,7 +21,8 @@ import os.path as osp
 
 from filelock import FileLock, Timeout
 
-__all__ = ["cache_lock", "lock_path", "write_or_keep_in_memory", "gatescope_cache_dir", "generated_data_dir", "UNWRITABLE_ERRNOS"]
+__all__ = ["cache_lock", "lock_path", "write_or_keep_in_memory", "gatescope_cache_dir", "generated_data_dir",
+           "generated_dataset_root", "UNWRITABLE_ERRNOS"]
 
 # Seconds to wait silently for another process before saying that this one waits.
 QUIET_WAIT_S = 2.0
@@ -39,6 +40,15 @@ def gatescope_cache_dir():
 def generated_data_dir():
     """Where generated datasets go when the user names no DATASET.ROOT: <cache>/datasets."""
     return osp.join(gatescope_cache_dir(), "datasets")
+
+
+def generated_dataset_root(cfg):
+    """The root of a generated dataset: DATASET.ROOT when the user gave one, else `generated_data_dir()`.
+
+    Generated data is written into a user's folder only when they asked for it there.
+    """
+    root = cfg.DATASET.ROOT
+    return osp.abspath(osp.expanduser(root)) if root else generated_data_dir()
 
 
 def lock_path(target):
