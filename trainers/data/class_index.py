@@ -65,7 +65,7 @@ def check_class_index(splits, source, root=None, reference="train"):
     for name, items in splits:
         for i, item in enumerate(items):
             label, classname = item.label, item.classname
-            if isinstance(label, bool) or not isinstance(label, int) or label < 0:
+            if type(label) is not int or label < 0:  # bool (a subclass of int) is no label either
                 raise ClassIndexError(
                     f"{source}: {describe_entry(name, i, item, root)} has label {label!r}; labels are the class "
                     "indices 0..C-1 (non-negative integers). Fix the entry (or delete the file if gatescope wrote it).")

@@ -46,19 +46,18 @@ def fewshot_rng(seed):
     return random.Random(seed) if seed >= 0 else random.Random()
 
 
-def _relative(path, dataset_dir):
-    prefix = osp.join(dataset_dir, "")
-    return path[len(prefix):] if path.startswith(prefix) else path
-
-
 def source_digest(dataset_dir, train, val):
     """SHA-256 of the items a sample is drawn from: per split, (path relative to `dataset_dir`,
     label, class name, domain) of every item in order. A moved folder keeps its digest."""
+    prefix = osp.join(dataset_dir, "")
+    cut = len(prefix)
     lines = []
     for split in (train, val):
         lines.append("--split--")
         for item in split or ():
-            lines.append(f"{_relative(item.impath, dataset_dir)}\t{item.label}\t{item.classname}\t{item.domain}")
+            path = item.impath
+            lines.append(f"{path[cut:] if path.startswith(prefix) else path}\t{item.label}\t{item.classname}\t"
+                         f"{item.domain}")
     return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
 
 
@@ -78,16 +77,18 @@ def resolve_items(cached, current):
     domain whose path shares the longest tail with the cached path; with no such item, or two
     equally good ones, it stays unresolved.
     """
-    wanted = {osp.basename(item.impath) for item in cached}
+    def basename(path):
+        return path.rpartition(os.sep)[2]
+    wanted = {basename(item.impath) for item in cached}
     by_name = defaultdict(list)
     for item in current:
-        name = osp.basename(item.impath)
+        name = basename(item.impath)
         if name in wanted:
             by_name[name].append(item)
     resolved, unresolved = [], []
     for old in cached:
         best, best_tail, tied = None, 0, False
-        for item in by_name.get(osp.basename(old.impath), ()):
+        for item in by_name.get(basename(old.impath), ()):
             if (item.label, item.classname, item.domain) != (old.label, old.classname, old.domain):
                 continue
             tail = _common_tail(item.impath, old.impath)

@@ -96,6 +96,10 @@ def _datum_state_problem(item):
     """Why `item`'s unpickled state is not a Datum's (None when it is): a pickle sets the state
     directly, without Datum's constructor, so its fields are checked here."""
     state = vars(item)
+    if (state.keys() == _DATUM_STATE.keys() and type(state["_impath"]) is str and type(state["_classname"]) is str
+            and type(state["_label"]) is int and type(state["_domain"]) is int and state["_label"] >= 0
+            and state["_domain"] >= 0):
+        return None  # the common case, checked in one go (caches hold up to a million items)
     if set(state) != set(_DATUM_STATE):
         return f"attributes {sorted(state)} instead of {sorted(_DATUM_STATE)}"
     for name, kind in _DATUM_STATE.items():

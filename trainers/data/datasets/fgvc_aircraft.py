@@ -29,8 +29,8 @@ class FGVCAircraft(DatasetBase):
         classnames = [line for _, line in read_lines(variants_file)]
         cname2lab = {c: i for i, c in enumerate(classnames)}
         train, val, test = (self.read_data(cname2lab, p) for p in expected[2:])
-        train, val, test = self.fewshot_and_subsample(cfg, train, val, test, self.split_fewshot_dir,
-                                                      source=f"the lists {', '.join(SPLIT_LISTS)} in {self.dataset_dir}")
+        source = f"the lists {', '.join(SPLIT_LISTS)} in {self.dataset_dir}"
+        train, val, test = self.fewshot_and_subsample(cfg, train, val, test, self.split_fewshot_dir, source=source)
         super().__init__(train_x=train, val=val, test=test)
 
     def read_data(self, cname2lab, filepath):

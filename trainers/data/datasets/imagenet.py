@@ -179,14 +179,14 @@ class ImageNet(DatasetBase):
             split_dir = osp.join(self.image_dir, folder)
             items, seen = [], set()
             for item in data[key]:
-                parts = item.impath.split(os.sep)
+                parts = item.impath.rsplit(os.sep, 3)
                 wnid, name = (parts[-2], parts[-1]) if len(parts) >= 3 and parts[-3] == folder else (None, None)
                 if wnid not in names or name not in names[wnid]:
                     return None, f'"{key}" lists {item.impath}, which is not an image in {split_dir}/<wnid>/'
                 if item.label != labels[wnid] or item.classname != classnames[wnid]:
                     return None, (f'"{key}" gives {wnid}/{name} label {item.label} "{item.classname}", the folders '
                                   f'and classnames.txt give {labels[wnid]} "{classnames[wnid]}"')
-                path = osp.join(split_dir, wnid, name)
+                path = f"{split_dir}{os.sep}{wnid}{os.sep}{name}"
                 if path in seen:
                     return None, f'"{key}" lists {path} twice'
                 seen.add(path)
