@@ -237,13 +237,23 @@ def test_two_runs_started_together_build_a_split_and_a_fewshot_sample_once(tmp_p
     assert joined.count("Loading preprocessed few-shot data") == 1
 
 
-def test_two_runs_started_together_generate_the_demo_dataset_once(tmp_path):
+def test_a_run_that_finds_the_demo_dataset_being_generated_waits_and_reads_it(tmp_path, capsys):
+    import threading
+
+    from trainers.data.demo_images import generate_demo_dataset
+
     folder = str(tmp_path / "gatescope_demo")
-    code = ("from trainers.data.demo_images import ensure_demo_dataset\n"
-            f"ensure_demo_dataset({folder!r}, n_train=1, n_val=1, n_test=1)")
-    outputs = run_two_while_locked(folder, code)
-    assert "".join(outputs).count("Generating the demo dataset") == 1
-    assert sorted(os.listdir(tmp_path)) == ["gatescope_demo"]  # no temp folder left behind
+    with cache_lock(folder):  # another run is generating it
+        waiting = threading.Thread(target=ensure_demo_dataset, args=(folder,), kwargs=dict(n_train=1, n_val=1, n_test=1))
+        waiting.start()
+        deadline = time.time() + 60
+        while WAIT_LINE not in capsys.readouterr().out:
+            assert time.time() < deadline and waiting.is_alive(), "the second run did not wait for the lock"
+            time.sleep(0.2)
+        generate_demo_dataset(folder, n_train=1, n_val=1, n_test=1)
+    waiting.join(timeout=60)
+    assert "Generating the demo dataset" not in capsys.readouterr().out  # it found the folder made
+    assert sorted(os.listdir(tmp_path)) == ["gatescope_demo"]
 
 
 # ---------------------------------------------------------------- read-only dataset folders (issue 21)
@@ -277,6 +287,15 @@ def test_a_read_only_dataset_folder_keeps_split_and_fewshot_sample_in_memory(tmp
     again = build_dataset(make_cfg(root, "ImageFolder", num_shots=2))  # writable now: the same sample, saved
     assert keys(again.train_x, root) == keys(dataset.train_x, root)
     assert osp.isfile(osp.join(root, "split_fewshot", "shot_2-seed_1.pkl"))
+
+
+def test_without_a_writable_gatescope_cache_the_caches_are_made_without_a_lock(tmp_path, monkeypatch):
+    monkeypatch.setenv("GATESCOPE_CACHE", str(tmp_path / "cache"))  # where the lock files would go
+    read_only(monkeypatch, tmp_path / "cache")
+    root = image_folder(tmp_path / "pets", ["cat", "dog"])
+    build_dataset(make_cfg(root, "ImageFolder", num_shots=2))
+    assert osp.isfile(osp.join(root, "split.json")) and osp.isfile(osp.join(root, "split_fewshot", "shot_2-seed_1.pkl"))
+    assert not osp.exists(tmp_path / "cache")
 
 
 # ---------------------------------------------------------------- determinism independent of the caches

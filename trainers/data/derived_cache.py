@@ -65,6 +65,7 @@ def cache_lock(target, what="cache"):
     file whole, and concurrent runs may then repeat the work.
     """
     path = lock_path(target)
+    lock = None
     try:
         os.makedirs(osp.dirname(path), exist_ok=True)
         lock = FileLock(path)
@@ -76,12 +77,12 @@ def cache_lock(target, what="cache"):
     except OSError as e:
         if e.errno not in UNWRITABLE_ERRNOS:
             raise
-        yield
-        return
+        lock = None  # no lock file can be made: go on without one
     try:
         yield
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
 
 
 def write_or_keep_in_memory(path, write, what):
