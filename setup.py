@@ -21,6 +21,7 @@ setup(
         "tabulate",
         "pluggy>=1.5",
         "tqdm",
+        "filelock",
         "tensorboard",
         "matplotlib",
         "Pillow",

@@ -125,8 +125,10 @@ def demo_trainer(root, out, trainer, opts=()):
     from trainers.engine.utils import set_random_seed
 
     config = os.path.join(REPO, "configs", "trainers", trainer, "demo.yaml")
+    dataset_config = os.path.join(REPO, "configs", "datasets", "gatescope_demo.yaml")  # generated under `root`
     args = build_train_parser().parse_args(
-        ["--trainer", trainer, "--config-file", config, "--root", root, "--output-dir", out, "--seed", "1",
+        ["--trainer", trainer, "--config-file", config, "--dataset-config-file", dataset_config, "--root", root,
+         "--output-dir", out, "--seed", "1",
          *map(str, opts)])
     cfg = trainers.setup_cfg(args)
     set_random_seed(cfg.SEED)

@@ -49,14 +49,18 @@ def demo_root(tmp_path_factory):
     return str(tmp_path_factory.mktemp("data"))
 
 
+DEMO_DATASET_CONFIG = os.path.join(REPO, "configs", "datasets", "gatescope_demo.yaml")
+
+
 def demo_args(root, output_dir, trainer="CoOp", config=None, opts=()):
-    """train.py arguments for a demo-config run (the run itself decides what it trains)."""
+    """train.py arguments for a demo-config run on the demo dataset generated under `root`
+    (the run itself decides what it trains; DATASET.NAME in `opts` names another dataset)."""
     from trainers.cli import build_train_parser
 
     config = config or os.path.join(REPO, "configs", "trainers", trainer, "demo.yaml")
     return build_train_parser().parse_args(
-        ["--trainer", trainer, "--config-file", config, "--root", root, "--output-dir", str(output_dir),
-         "--seed", "1", *map(str, opts)])
+        ["--trainer", trainer, "--config-file", config, "--dataset-config-file", DEMO_DATASET_CONFIG,
+         "--root", root, "--output-dir", str(output_dir), "--seed", "1", *map(str, opts)])
 
 
 def build_demo_trainer(root, output_dir, trainer="CoOp", opts=()):

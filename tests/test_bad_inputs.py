@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from conftest import REPO, build_demo_trainer, demo_args
+from test_data_images import png_header
 from gates import hookimpl
 
 FAST = ("OPTIM.MAX_EPOCH", 1, "DATASET.NUM_SHOTS", 2, "TRAIN.PRINT_FREQ", 100)
@@ -175,6 +176,135 @@ def checkpoint_of_another_trainer(ctx):
     check_checkpoint_meta(state, {"trainer": "CoOp", "backbone": "ViT-B/16", "num_classes": 10}, "x.pth.tar")
 
 
+# ---------------------------------------------------------------- the data's meaning (labels, files, layouts)
+def dataset(root, name, **keys):
+    """`name` built from `root` without a trainer (cheap: only the data layer runs), seed 1."""
+    from trainers.data import build_dataset
+    from trainers.engine.config import get_cfg_default
+
+    cfg = get_cfg_default()
+    cfg.DATASET.ROOT, cfg.DATASET.NAME, cfg.DATASET.SUBSAMPLE_CLASSES, cfg.SEED = str(root), name, "all", 1
+    for key, value in keys.items():
+        setattr(cfg.DATASET, key, value)
+    return build_dataset(cfg)
+
+
+def dtd_with_split(ctx, train, val=(), test=(), raw=None):
+    """DTD under ctx.tmp/data with the given split entries (their images written) or raw split bytes."""
+    base = ctx.tmp / "data" / "dtd"
+    for entry in [*train, *val, *test]:
+        write_images(base / "images" / os.path.dirname(entry[0]), [os.path.basename(entry[0])])
+    split = base / "split_zhou_DescribableTextures.json"
+    split.write_bytes(raw if raw is not None else json.dumps(
+        {"train": list(train), "val": list(val), "test": list(test)}).encode())
+    return dataset(ctx.tmp / "data", "DescribableTextures")
+
+
+TWO_CLASSES = [["a/0.png", 0, "a"], ["b/0.png", 1, "b"]]
+
+
+def split_label_is_a_word(ctx):
+    dtd_with_split(ctx, [["a/0.png", 0, "a"], ["b/0.png", "b", "b"]])
+
+
+def split_label_is_negative(ctx):
+    dtd_with_split(ctx, [["a/0.png", -1, "a"], ["b/0.png", 0, "b"]])
+
+
+def split_labels_with_a_gap(ctx):
+    dtd_with_split(ctx, [["a/0.png", 0, "a"], ["b/0.png", 1, "b"], ["c/0.png", 7, "c"]])
+
+
+def split_label_with_two_names(ctx):
+    dtd_with_split(ctx, TWO_CLASSES, val=[["b/1.png", 1, "bee"]])
+
+
+def label_never_trained(ctx):
+    dtd_with_split(ctx, TWO_CLASSES, test=[["a/1.png", 0, "a"], ["c/1.png", 2, "c"]])
+
+
+def split_file_not_utf8(ctx):
+    raw = '{"train": [\n ["a/0.png", 0, "a"],\n ["b/0.png", 1, "caf\u00e9"]\n], "val": [], "test": []}'
+    dtd_with_split(ctx, TWO_CLASSES, raw=raw.encode("latin-1"))  # an editor that saved it as Latin-1
+
+
+def class_names_equal_once_normalised(ctx):
+    root = image_folder(str(ctx.tmp / "pets"), ["Golden Retriever", "golden_retriever"])
+    dataset(root, "ImageFolder")
+
+
+def annotation_line_malformed(ctx):
+    base = ctx.tmp / "data" / "oxford_pets"
+    write_images(base / "images", ["Abyssinian_1.jpg"])
+    (base / "annotations").mkdir(parents=True)
+    (base / "annotations" / "trainval.txt").write_text("Abyssinian_1 1 1 1\nAbyssinian_2 one 1 1\n")
+    (base / "annotations" / "test.txt").write_text("")
+    dataset(ctx.tmp / "data", "OxfordPets")
+
+
+def decompression_bomb(ctx):
+    from trainers.data import DatasetWrapper, Datum
+
+    path = ctx.tmp / "bomb.png"
+    path.write_bytes(png_header(30000, 30000))  # 900 megapixels declared: PIL refuses to open it
+    DatasetWrapper(setup(ctx.root, ctx.out), [Datum(str(path), 0, 0, "a")])[0]
+
+
+def imagenet(ctx, val_layout):
+    base = ctx.tmp / "data" / "imagenet"
+    base.mkdir(parents=True)
+    (base / "classnames.txt").write_text("n01440764 tench\nn01443537 goldfish\n")
+    for wnid in ("n01440764", "n01443537"):
+        write_images(base / "images" / "train" / wnid, [f"{wnid}_{i}.JPEG" for i in range(2)])
+    val_layout(base / "images" / "val")
+    dataset(ctx.tmp / "data", "ImageNet")
+
+
+def imagenet_with_a_flat_val_folder(ctx):
+    imagenet(ctx, lambda val: write_images(val, [f"ILSVRC2012_val_{i:08d}.JPEG" for i in range(1, 4)]))
+
+
+def imagenet_val_missing_a_class(ctx):
+    imagenet(ctx, lambda val: write_images(val / "n01440764", ["v.JPEG"]))
+
+
+def imagenet_variant_without_class_folders(ctx):
+    base = ctx.tmp / "data" / "imagenet-sketch"
+    write_images(base / "images", ["sketch_1.JPEG", "sketch_2.JPEG"])
+    (base / "classnames.txt").write_text("n01440764 tench\n")
+    dataset(ctx.tmp / "data", "ImageNetSketch")
+
+
+def split_built_from_folders_that_changed(ctx):
+    root = image_folder(str(ctx.tmp / "mine"), ["cat", "dog"])
+    dataset(root, "ImageFolder")  # builds and saves split.json
+    image_folder(root, ["zebra"])
+    dataset(root, "ImageFolder")
+
+
+def fewshot_cache_with_a_forged_datum(ctx):
+    import pickle
+
+    from trainers.data import Datum
+
+    root = image_folder(str(ctx.tmp / "mine"), ["cat", "dog"])
+    item = Datum(os.path.join(root, "cat", "cat_0.png"), 0, 0, "cat")
+    item._label = "0; rm -rf"  # a pickle sets fields without Datum's constructor
+    os.makedirs(os.path.join(root, "split_fewshot"))
+    with open(os.path.join(root, "split_fewshot", "shot_1-seed_1.pkl"), "wb") as f:
+        pickle.dump({"train": [item], "val": [item]}, f)
+    dataset(root, "ImageFolder", NUM_SHOTS=1)
+
+
+def root_without_a_dataset(ctx):
+    import trainers
+    from trainers.cli import build_train_parser
+
+    trainers.setup_cfg(build_train_parser().parse_args(
+        ["--trainer", "CoOp", "--config-file", os.path.join(REPO, "configs", "trainers", "CoOp", "demo.yaml"),
+         "--root", str(ctx.tmp / "my_images"), "--output-dir", str(ctx.out)]))
+
+
 # (case, exception type, what the message must say)
 BAD_INPUTS = [
     (unknown_trainer, KeyError, r'Unknown trainer "CoOpp".*Available trainers: .*CoOp'),
@@ -200,6 +330,37 @@ BAD_INPUTS = [
     (resume_from_a_checkpoint_of_another_class_count, RuntimeError,
      r"made for a different run: num_classes 10 \(this run: 5\)"),
     (checkpoint_of_another_trainer, RuntimeError, r"trainer 'MaPLe' \(this run: 'CoOp'\)"),
+    (split_label_is_a_word, ValueError,
+     r'split_zhou_DescribableTextures.json": entry 1 of "train" .*the label \'b\' is not a non-negative integer'),
+    (split_label_is_negative, ValueError,
+     r'split_zhou_DescribableTextures.json": entry 0 of "train" .*the label -1 is not a non-negative integer'),
+    (split_labels_with_a_gap, ValueError,
+     r'split_zhou_DescribableTextures.json: the labels of "train" should be 0..C-1.*0, 1, 7: '
+     r"label\(s\) 2, 3, 4, 5, 6 have no train image"),
+    (split_label_with_two_names, ValueError,
+     r'split_zhou_DescribableTextures.json: label 1 is named both "b" \("train" entry 1 \(b/0.png\)\) and "bee" '
+     r'\("val" entry 0 \(b/1.png\)\)'),
+    (label_never_trained, ValueError,
+     r'split_zhou_DescribableTextures.json: "test" has label\(s\) 2 \("c"\) that "train" does not.*c/1.png'),
+    (split_file_not_utf8, ValueError,
+     r'split_zhou_DescribableTextures.json" is not UTF-8 text: byte 0xe9 at offset \d+ \(line 3\).*UTF-8'),
+    (class_names_equal_once_normalised, ValueError,
+     r'pets: labels 0 \("Golden Retriever", "train" entry 0 .*and 1 \("golden retriever", .*same class name'),
+    (annotation_line_malformed, ValueError, r'trainval.txt", line 2: \'Abyssinian_2 one 1 1\' is not of the form'),
+    (decompression_bomb, OSError, r'cannot read image ".*bomb.png": DecompressionBombError.*DATASET.SKIP_BAD_IMAGES'),
+    (imagenet_with_a_flat_val_folder, FileNotFoundError,
+     r'ImageNet: ".*imagenet/images/val" holds 0 folder\(s\) and 3 file\(s\) \(ILSVRC2012_val_00000001.JPEG.*'
+     r"expected .*images/val/<wnid>/\*\.JPEG.*valprep.sh.*Nothing was cached"),
+    (imagenet_val_missing_a_class, FileNotFoundError,
+     r'class folders of ".*images/train" and ".*images/val" differ \(only in train: n01443537; only in val: -\)'),
+    (imagenet_variant_without_class_folders, FileNotFoundError,
+     r'ImageNetSketch: ".*imagenet-sketch/images" holds 0 folder\(s\) and 2 file\(s\).*expected .*<wnid>/<image>'),
+    (split_built_from_folders_that_changed, ValueError,
+     r'mine/split.json" was built by gatescope from the class folders .*\(added: zebra\)\. Delete it'),
+    (fewshot_cache_with_a_forged_datum, ValueError,
+     r'shot_1-seed_1.pkl": item 0 of "train" is not a valid Datum \(_label = .* is not a int\).*Delete it'),
+    (root_without_a_dataset, ValueError,
+     r'--root ".*my_images" is given but no dataset is named.*configs/datasets/gatescope_demo.yaml'),
 ]
 
 

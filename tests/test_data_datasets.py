@@ -304,7 +304,7 @@ def test_imagenet_writes_and_reuses_preprocessed_pkl_in_coops_format(tmp_path, c
     fewshot = build_dataset(make_cfg(tmp_path, "ImageNet", num_shots=2))
     assert "Loading preprocessed ImageNet file list" in capsys.readouterr().out
     assert len(fewshot.train_x) == 6 and len(fewshot.test) == 6
-    assert set(load_datum_pickle(osp.join(base, "split_fewshot", "shot_2-seed_1.pkl"))) == {"train"}
+    assert set(load_datum_pickle(osp.join(base, "split_fewshot", "shot_2-seed_1.pkl"))) == {"train", "gatescope"}
 
 
 def test_imagenetv2_uses_numbered_folders_and_imagenets_classnames(tmp_path):

@@ -6,11 +6,14 @@ import random
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from trainers.data import build_dataset
 from trainers.data import demo_images
 from trainers.data.demo_images import DEMO_CLASSES, DEMO_DOMAINS, generate_demo_dataset
 from trainers.engine.config import get_cfg_default
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
 def _files(folder):
@@ -112,3 +115,100 @@ def test_a_concurrent_run_that_finishes_first_wins_and_the_loser_cleans_up(tmp_p
     assert os.listdir(tmp_path) == ["gatescope_demo"] and os.listdir(target) == ["images"]
     with pytest.raises(FileExistsError):
         generate_demo_dataset(target)
+
+
+# ---------------------------------------------------------------- which dataset a demo config runs
+def _train_args(*argv):
+    from trainers.cli import build_train_parser
+
+    return build_train_parser().parse_args(list(map(str, argv)))
+
+
+def _demo_config(trainer="CoOp"):
+    return osp.join(REPO, "configs", "trainers", trainer, "demo.yaml")
+
+
+def _tree(folder):
+    return sorted(osp.relpath(osp.join(d, n), folder) for d, dirs, files in os.walk(folder) for n in dirs + files)
+
+
+def test_demo_configs_name_no_dataset():
+    import glob
+
+    import yaml
+
+    for path in glob.glob(osp.join(REPO, "configs", "trainers", "*", "demo.yaml")):
+        dataset_keys = yaml.safe_load(open(path)).get("DATASET", {})
+        assert "NAME" not in dataset_keys and "ROOT" not in dataset_keys, path
+
+
+def test_without_a_named_dataset_the_demo_runs_from_gatescopes_cache(tmp_path, monkeypatch):
+    import trainers
+
+    monkeypatch.setenv("GATESCOPE_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    cfg = trainers.setup_cfg(_train_args("--trainer", "CoOp", "--config-file", _demo_config(), "--output-dir", "out"))
+    assert (cfg.DATASET.NAME, cfg.DATASET.ROOT) == ("GatescopeDemo", "")
+    dataset = build_dataset(cfg)
+    assert dataset.train_x[0].impath.startswith(str(tmp_path / "cache" / "datasets" / "gatescope_demo"))
+    assert os.listdir(tmp_path / "cwd") == []  # nothing generated where the command ran
+
+
+def test_a_named_dataset_wins_over_the_demo_config_and_the_users_folder_gets_no_demo(tmp_path):
+    import trainers
+    from trainers.engine import build_trainer
+
+    root = tmp_path / "my_images"
+    for name in ("apple", "pear"):
+        for i in range(5):
+            os.makedirs(root / name, exist_ok=True)
+            Image.new("RGB", (8, 8), (40 * i, 200 if name == "apple" else 20, 90)).save(root / name / f"{i}.png")
+    cfg = trainers.setup_cfg(_train_args(
+        "--trainer", "CoOp", "--config-file", _demo_config(), "--dataset-config-file",
+        osp.join(REPO, "configs", "datasets", "imagefolder.yaml"), "--root", root, "--output-dir", tmp_path / "out",
+        "--seed", 1, "OPTIM.MAX_EPOCH", 1, "DATASET.NUM_SHOTS", 2))
+    trainer = build_trainer(cfg)
+    assert cfg.DATASET.NAME == "ImageFolder" and trainer.dm.dataset.classnames == ["apple", "pear"]
+    trainer.train()
+    assert (tmp_path / "out" / "results.json").is_file()
+    # Only what ImageFolder is documented to save: its split and the few-shot sample, no demo data.
+    assert sorted(os.listdir(root)) == ["apple", "pear", "split.json", "split_fewshot"]
+
+    with pytest.raises(FileNotFoundError, match=r"DescribableTextures: missing .*dtd"):  # named, so not the demo
+        build_dataset(trainers.setup_cfg(_train_args(
+            "--config-file", _demo_config(), "--dataset-config-file", osp.join(REPO, "configs", "datasets", "dtd.yaml"),
+            "--root", tmp_path / "none")))
+
+
+def test_a_root_without_a_dataset_is_refused_before_anything_is_written(tmp_path):
+    import trainers
+
+    root = tmp_path / "my_images"
+    (root / "cat").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(root / "cat" / "0.png")
+    before = _tree(tmp_path)
+    with pytest.raises(ValueError, match="no dataset is named"):
+        trainers.setup_cfg(_train_args("--trainer", "CoOp", "--config-file", _demo_config(), "--root", root,
+                                       "--output-dir", tmp_path / "out"))
+    assert _tree(tmp_path) == before
+
+
+def test_the_readme_first_command_trains_on_the_demo_dataset_in_the_cache(tmp_path):
+    import re
+    import shlex
+    import subprocess
+    import sys
+
+    readme = open(osp.join(REPO, "README.md"), encoding="utf-8").read()
+    command = re.search(r"&& (python train\.py [^\n]*)\n", readme).group(1)
+    assert command == ("python train.py --trainer CoOp --config-file configs/trainers/CoOp/demo.yaml "
+                       "--output-dir output/demo")
+    argv = shlex.split(command)[1:]
+    argv[argv.index("output/demo")] = str(tmp_path / "demo")  # the same command, writing outside the repository
+    cache = os.environ["GATESCOPE_CACHE"]  # the tests' own cache (conftest.py)
+    result = subprocess.run([sys.executable, *argv, "OPTIM.MAX_EPOCH", "1"], cwd=REPO, capture_output=True, text=True,
+                            timeout=600, env={**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Reading split from {osp.join(cache, 'datasets', 'gatescope_demo')}" in result.stdout
+    assert "* accuracy" in result.stdout

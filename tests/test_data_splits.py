@@ -92,7 +92,7 @@ def test_fewshot_sample_is_cached_per_shots_and_seed_and_reloaded(tmp_path, caps
     cache = cache_dir / "shot_5-seed_5.pkl"
     assert cache.is_file() and "Saving preprocessed few-shot data" in capsys.readouterr().out
     assert len(tr1) == 15 and len(va1) == 12 and te1 is test  # val: min(K, 4) per class
-    assert set(load_datum_pickle(str(cache))) == {"train", "val"}
+    assert set(load_datum_pickle(str(cache))) == {"train", "val", "gatescope"}  # CoOp's keys + gatescope's record
 
     random.seed(999)  # a different global state: the cache, not the draw, decides
     tr2, va2, _ = base.fewshot_and_subsample(_cfg(5, 5), train, val, test, str(cache_dir))
@@ -103,7 +103,7 @@ def test_fewshot_sample_is_cached_per_shots_and_seed_and_reloaded(tmp_path, caps
     # ImageNet-style (no val): the cache holds only "train".
     tr3, va3, _ = base.fewshot_and_subsample(_cfg(2, 1), train, None, test, str(cache_dir))
     assert va3 is None and len(tr3) == 6
-    assert set(load_datum_pickle(str(cache_dir / "shot_2-seed_1.pkl"))) == {"train"}
+    assert set(load_datum_pickle(str(cache_dir / "shot_2-seed_1.pkl"))) == {"train", "gatescope"}
     # NUM_SHOTS -1: everything, no cache written.
     tr4, _, _ = base.fewshot_and_subsample(_cfg(-1, 1), train, val, test, str(tmp_path / "none"))
     assert tr4 is train and not (tmp_path / "none").exists()

@@ -163,7 +163,8 @@ def test_eval_only_run_gets_a_summary_too(demo_root, tmp_path):
 def test_train_py_writes_every_output(demo_root, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, os.path.join(REPO, "train.py"), "--trainer", "CoCoOpGated", "--config-file",
-           os.path.join(REPO, "configs", "trainers", "CoCoOpGated", "demo.yaml"), "--root", demo_root,
+           os.path.join(REPO, "configs", "trainers", "CoCoOpGated", "demo.yaml"), "--dataset-config-file",
+           os.path.join(REPO, "configs", "datasets", "gatescope_demo.yaml"), "--root", demo_root,
            "--output-dir", str(out), "--seed", "1", "OPTIM.MAX_EPOCH", "2", "DATASET.NUM_SHOTS", "2"]
     subprocess.run(cmd, check=True, capture_output=True, cwd=REPO,
                    env={**os.environ, "GATESCOPE_DISABLE_PLUGIN_AUTOLOAD": "1"})

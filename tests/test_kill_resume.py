@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from conftest import REPO
+from conftest import DEMO_DATASET_CONFIG, REPO
 
 ENV = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 ENV.pop("GATESCOPE_TEST_KILL_AT", None)
@@ -21,7 +21,8 @@ ENV.pop("GATESCOPE_TEST_KILL_AT", None)
 
 def command(trainer, root, output_dir, opts):
     return [sys.executable, os.path.join(REPO, "train.py"), "--trainer", trainer, "--config-file",
-            os.path.join(REPO, "configs", "trainers", trainer, "demo.yaml"), "--root", root, "--seed", "1",
+            os.path.join(REPO, "configs", "trainers", trainer, "demo.yaml"), "--dataset-config-file",
+            DEMO_DATASET_CONFIG, "--root", root, "--seed", "1",
             "--output-dir", str(output_dir), *map(str, opts)]
 
 
@@ -139,3 +140,33 @@ def test_gated_run_killed_twice_has_the_weights_and_diagnostics_of_an_uninterrup
         summary.pop("output_dir")
     assert summaries[0] == summaries[1]
     assert summaries[0]["gates"] and summaries[0]["evaluations"][-1]["gates"]
+
+
+# 4 shots x 10 classes, batches of 8 drawn by RandomDomainSampler from python's global generator
+# (the one CoOp's few-shot sampling drew from): a sample drawn in the run must not move its batches.
+FEWSHOT_OPTS = ("OPTIM.MAX_EPOCH", 2, "DATASET.NUM_SHOTS", 4, "TRAIN.CHECKPOINT_FREQ", 1,
+                "TRAIN.DETERMINISTIC", True, "TRAIN.PRINT_FREQ", 100,
+                "DATALOADER.TRAIN_X.SAMPLER", "RandomDomainSampler", "DATALOADER.TRAIN_X.BATCH_SIZE", 8)
+
+
+def test_run_killed_right_after_writing_the_fewshot_cache_ends_as_an_uninterrupted_run(demo_root, tmp_path):
+    from test_data_caches import fresh_demo_root
+
+    killed_root = fresh_demo_root(demo_root, tmp_path / "data_killed")
+    straight_root = fresh_demo_root(demo_root, tmp_path / "data_straight")
+    run_dir, straight_dir = tmp_path / "killed", tmp_path / "straight"
+    # The uninterrupted run samples its few-shot data itself (a cache miss), as the killed run's first try.
+    straight = start(command("CoOp", straight_root, straight_dir, FEWSHOT_OPTS))
+    cmd = command("CoOp", killed_root, run_dir, FEWSHOT_OPTS)
+    killed(cmd, "fewshot_cache_written")
+    assert os.path.isfile(os.path.join(killed_root, "gatescope_demo", "split_fewshot", "shot_4-seed_1.pkl"))
+    assert not os.path.exists(run_dir / "prompt_learner")  # killed before the first checkpoint
+    stdout = completed(cmd)  # the restart reads the cache the killed run wrote
+    assert "Loading preprocessed few-shot data" in stdout
+
+    code, straight_out, straight_err = finish(straight)
+    assert code == 0, straight_err[-3000:]
+    assert "Saving preprocessed few-shot data" in straight_out
+    assert_same_checkpoint(final_checkpoint(run_dir, 2), final_checkpoint(straight_dir, 2))
+    assert accuracy_lines(stdout) == accuracy_lines(straight_out) != []
+    assert results(run_dir) == results(straight_dir)

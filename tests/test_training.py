@@ -91,6 +91,7 @@ def run_train(args, code=None):
 
 def test_killed_run_resumes_to_the_same_weights(demo_root, tmp_path):
     common = ["--trainer", "CoOp", "--config-file", os.path.join(REPO, "configs/trainers/CoOp/demo.yaml"),
+              "--dataset-config-file", os.path.join(REPO, "configs/datasets/gatescope_demo.yaml"),
               "--root", demo_root, "--seed", "1"]
     opts = ["OPTIM.MAX_EPOCH", "4", "TRAIN.CHECKPOINT_FREQ", "1", "DATASET.NUM_SHOTS", "8"]
     killed = run_train(common + ["--output-dir", str(tmp_path / "killed")] + opts, KILL_AFTER_EPOCH)

@@ -7,6 +7,7 @@ from gates.config import add_gate_config
 from gates.manager import get_plugins
 
 from .data.image_cache import add_image_cache_config
+from .data.registry import resolve_dataset
 from .engine import TRAINER_REGISTRY, get_cfg_default
 from .feature_cache import add_feature_cache_config
 
@@ -135,6 +136,7 @@ def setup_cfg(args):
     reset_cfg(cfg, args)
     cfg.CONFIG_FILE = args.config_file or ""
     merge_from_list(cfg, args.opts)
+    resolve_dataset(cfg)  # no dataset named: the demo dataset
     resolve_cfg(cfg)
     cfg.freeze()
     return cfg

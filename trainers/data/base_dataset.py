@@ -3,15 +3,17 @@
 CoOp copies the same block into each dataset: sample K shots per class from train (and
 min(K, 4) from val) with the global seed, cache the sample in
 `<dataset_dir>/split_fewshot/shot_<K>-seed_<S>.pkl`, then keep the base or new half of the
-classes. Here it is `DatasetBase.fewshot_and_subsample`, written once.
+classes. Here it is `DatasetBase.fewshot_and_subsample`, written once, which first checks that
+the splits agree on the classes (`class_index.check_class_index`); the sample is drawn with its
+own generator and its cache checked on loading (`fewshot_cache`).
 """
 import os.path as osp
 import random
 import warnings
 from collections import defaultdict
 
-from .datum import Datum
-from .safe_pickle import dump_datum_pickle, load_datum_pickle
+from .class_index import check_class_index
+from .fewshot_cache import fewshot_cache_path, load_or_sample_fewshot
 from .splits import subsample_classes
 
 __all__ = ["DatasetBase", "dataset_root", "missing_data_error", "COOP_DATASETS_DOC"]
@@ -125,17 +127,18 @@ class DatasetBase:
             output[item.domain].append(item)
         return output
 
-    def generate_fewshot_dataset(self, *data_sources, num_shots=-1, repeat=False):
+    def generate_fewshot_dataset(self, *data_sources, num_shots=-1, repeat=False, rng=None):
         """K = `num_shots` items per class from each data source (Dassl's sampling, exactly).
 
-        Per class, in order of first appearance: `random.sample(items, K)` when the class has
-        at least K items; otherwise all of them (a one-line warning names the class), or
-        `random.choices(items, k=K)` with `repeat=True`. Python's global `random` is used, so
-        the run's seed decides the sample. Returns one list, or a list of lists for several
-        sources; `num_shots < 1` returns the sources unchanged.
+        Per class, in order of first appearance: `rng.sample(items, K)` when the class has at
+        least K items; otherwise all of them (a one-line warning names the class), or
+        `rng.choices(items, k=K)` with `repeat=True`. `rng` defaults to Python's global `random`
+        (Dassl's behaviour); `fewshot_and_subsample` passes a generator of its own. Returns one
+        list, or a list of lists for several sources; `num_shots < 1` returns the sources unchanged.
         """
         if num_shots < 1:
             return data_sources[0] if len(data_sources) == 1 else data_sources
+        rng = rng or random
 
         print(f"Creating a {num_shots}-shot dataset")
         output = []
@@ -143,9 +146,9 @@ class DatasetBase:
             dataset = []
             for label, items in self.split_dataset_by_label(data_source).items():
                 if len(items) >= num_shots:
-                    sampled = random.sample(items, num_shots)
+                    sampled = rng.sample(items, num_shots)
                 elif repeat:
-                    sampled = random.choices(items, k=num_shots)
+                    sampled = rng.choices(items, k=num_shots)
                 else:
                     # Dassl's rule (kept: CoOp's 16-shot protocol meets such classes, e.g. in
                     # Caltech101), but said loudly, naming the class.
@@ -158,53 +161,28 @@ class DatasetBase:
             output.append(dataset)
         return output[0] if len(output) == 1 else output
 
-    def fewshot_and_subsample(self, cfg, train, val=None, test=None, split_fewshot_dir=None):
-        """CoOp's per-dataset tail: cached K-shot sampling, then base/new class subsampling.
+    def fewshot_and_subsample(self, cfg, train, val=None, test=None, split_fewshot_dir=None, source=None):
+        """CoOp's per-dataset tail: class check, cached K-shot sampling, then base/new subsampling.
 
-        With `cfg.DATASET.NUM_SHOTS` = K >= 1: `train` becomes K shots per class and `val`
-        min(K, 4) shots per class, loaded from `<split_fewshot_dir>/shot_<K>-seed_<cfg.SEED>.pkl`
-        when it exists (CoOp's caches load as they are) and written there otherwise. A `None`
-        val is neither sampled nor cached (CoOp's ImageNet caches hold only "train").
-        Then `cfg.DATASET.SUBSAMPLE_CLASSES` (all/base/new) is applied to all three splits.
-        Returns (train, val, test).
+        First the splits are checked to agree on one class index (`check_class_index`; errors
+        name `source`, the file or folder they were read from). With `cfg.DATASET.NUM_SHOTS` =
+        K >= 1: `train` becomes K shots per class and `val` min(K, 4) shots per class, loaded from
+        `<split_fewshot_dir>/shot_<K>-seed_<cfg.SEED>.pkl` when it is valid for these splits
+        (CoOp's caches load as they are) and drawn with `random.Random(cfg.SEED)` and written
+        there otherwise (see `fewshot_cache`). A `None` val is neither sampled nor cached (CoOp's
+        ImageNet caches hold only "train"). Then `cfg.DATASET.SUBSAMPLE_CLASSES` (all/base/new)
+        is applied to all three splits. Returns (train, val, test).
         """
+        if split_fewshot_dir is None:
+            split_fewshot_dir = osp.join(self.dataset_dir, "split_fewshot")
+        dataset_dir = osp.dirname(osp.abspath(split_fewshot_dir))
+        self.class_index = check_class_index([("train", train), ("val", val), ("test", test)],
+                                             source=source or f"the splits of {type(self).__name__}",
+                                             root=getattr(self, "image_dir", dataset_dir))
         num_shots = cfg.DATASET.NUM_SHOTS
         if num_shots >= 1:
-            if split_fewshot_dir is None:
-                split_fewshot_dir = osp.join(self.dataset_dir, "split_fewshot")
-            cache = osp.join(split_fewshot_dir, f"shot_{num_shots}-seed_{cfg.SEED}.pkl")
-            train, val = self._load_or_sample_fewshot(cache, num_shots, train, val)
+            cache = fewshot_cache_path(split_fewshot_dir, num_shots, cfg.SEED)
+            train, val = load_or_sample_fewshot(self, cache, num_shots, cfg.SEED, train, val, dataset_dir)
         subsample = cfg.DATASET.SUBSAMPLE_CLASSES
         train, val, test = subsample_classes(train, val, test, subsample=subsample)
         return train, val, test
-
-    def _load_or_sample_fewshot(self, cache, num_shots, train, val):
-        if osp.exists(cache):
-            print(f"Loading preprocessed few-shot data from {cache}")
-            data = load_datum_pickle(cache)
-            wanted = ("train",) if val is None else ("train", "val")
-            if not isinstance(data, dict) or any(not _is_datum_list(data.get(k)) for k in wanted):
-                raise ValueError(
-                    f'"{cache}" should hold a dict with {list(wanted)} lists of Datum, found '
-                    f"{_describe(data)}. Delete it and it is sampled again."
-                )
-            return data["train"], (data["val"] if val is not None else None)
-
-        train = self.generate_fewshot_dataset(train, num_shots=num_shots)
-        data = {"train": train}
-        if val is not None:
-            val = self.generate_fewshot_dataset(val, num_shots=min(num_shots, 4))
-            data["val"] = val
-        print(f"Saving preprocessed few-shot data to {cache}")
-        dump_datum_pickle(data, cache)
-        return train, val
-
-
-def _is_datum_list(obj):
-    return isinstance(obj, list) and all(isinstance(item, Datum) for item in obj)
-
-
-def _describe(obj):
-    if isinstance(obj, dict):
-        return "a dict with keys " + str(sorted(map(str, obj)))
-    return f"a {type(obj).__name__}"

@@ -2,7 +2,9 @@
 
 Differences from Dassl:
 - an unreadable image raises an error naming the file (Dassl retries forever, assuming slow I/O),
-  or with DATASET.SKIP_BAD_IMAGES True is skipped, warned about once and counted;
+  or with DATASET.SKIP_BAD_IMAGES True is skipped, warned about once and counted; images are
+  decoded behind one boundary (`image_io.read_image`: any decoder error is a bad image, 16-bit
+  images are scaled to 8 bits, not clipped);
 - with no transform (INPUT.NO_TRANSFORM), "img" is the resized, un-augmented tensor (Dassl then
   returns no "img" at all, which no trainer can batch);
 - an empty split raises an error naming it instead of an assertion.
@@ -11,34 +13,16 @@ import warnings
 
 import torch
 import torchvision.transforms as T
-from PIL import Image
 from tabulate import tabulate
 from torch.utils.data import Dataset as TorchDataset
 
 from .image_cache import cached_read_image
+from .image_io import BadImageError, read_image
 from .registry import build_dataset
 from .samplers import build_sampler
 from .transforms import INTERPOLATION_MODES, build_transform
 
 __all__ = ["DataManager", "DatasetWrapper", "build_data_loader", "read_image", "BadImageError"]
-
-
-class BadImageError(OSError):
-    """An image file that is missing, truncated or not an image; `path` names it."""
-
-    def __init__(self, path, reason):
-        self.path = path
-        super().__init__(f'cannot read image "{path}": {reason}')
-
-
-def read_image(path):
-    """The image at `path` as an RGB PIL image; a BadImageError (an OSError) naming the file if
-    it cannot be read. `convert` decodes every pixel, so a truncated file fails here, not later."""
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (OSError, ValueError, SyntaxError) as e:  # PIL raises SyntaxError for some broken headers
-        raise BadImageError(path, f"{type(e).__name__}: {e}") from e
 
 
 def build_data_loader(cfg, sampler_type="SequentialSampler", data_source=None, batch_size=64, n_domain=0, n_ins=2,

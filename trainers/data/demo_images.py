@@ -192,8 +192,15 @@ def generate_demo_dataset(dataset_dir, n_train=6, n_val=2, n_test=4, image_size=
 
 
 def ensure_demo_dataset(dataset_dir, **kwargs):
-    """Generate the demo dataset in `dataset_dir` unless that folder exists; returns `dataset_dir`."""
+    """Generate the demo dataset in `dataset_dir` unless that folder exists; returns `dataset_dir`.
+
+    Under a file lock: runs started together generate it once, the others wait and read it.
+    """
     if not osp.isdir(dataset_dir):
-        print(f"Generating the demo dataset in {dataset_dir}")
-        generate_demo_dataset(dataset_dir, **kwargs)
+        from .derived_cache import cache_lock
+
+        with cache_lock(dataset_dir, "demo dataset"):
+            if not osp.isdir(dataset_dir):
+                print(f"Generating the demo dataset in {dataset_dir}")
+                generate_demo_dataset(dataset_dir, **kwargs)
     return dataset_dir

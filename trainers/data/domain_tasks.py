@@ -84,6 +84,10 @@ def generate_domain_task(dataset_dir, task, image_size=64, seed=0):
 
 def ensure_domain_task(dataset_dir, task):
     if not osp.isdir(dataset_dir):
-        print(f"Generating the '{task}' domain task in {dataset_dir}")
-        generate_domain_task(dataset_dir, task)
+        from .derived_cache import cache_lock
+
+        with cache_lock(dataset_dir, f"'{task}' domain task"):  # generated once by concurrent runs
+            if not osp.isdir(dataset_dir):
+                print(f"Generating the '{task}' domain task in {dataset_dir}")
+                generate_domain_task(dataset_dir, task)
     return dataset_dir

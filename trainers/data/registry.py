@@ -5,9 +5,32 @@ A dataset class registers itself with `@DATASET_REGISTRY.register()` and is sele
 """
 from ..engine.registry import Registry
 
-__all__ = ["DATASET_REGISTRY", "build_dataset", "mirror_registry"]
+__all__ = ["DATASET_REGISTRY", "build_dataset", "mirror_registry", "resolve_dataset", "DEFAULT_DATASET"]
 
 DATASET_REGISTRY = Registry("DATASET")
+# What runs when no dataset is named: the generated demo dataset, in gatescope's cache.
+DEFAULT_DATASET = "GatescopeDemo"
+
+
+def resolve_dataset(cfg):
+    """Fill in the dataset when the user named none; called once when the config is assembled.
+
+    The trainers' demo configs name no dataset, so whatever dataset the user names (a dataset
+    config, DATASET.NAME) is the one that runs. With none named, the demo dataset runs, generated
+    in gatescope's cache. A DATASET.ROOT (--root) without a dataset is an error: it cannot be
+    told whether the user meant their own data there or the demo dataset, and guessing the demo
+    would train on the wrong data or write into their folder.
+    """
+    if cfg.DATASET.NAME:
+        return cfg
+    if cfg.DATASET.ROOT:
+        raise ValueError(
+            f'--root "{cfg.DATASET.ROOT}" is given but no dataset is named: add --dataset-config-file '
+            "configs/datasets/<name>.yaml (imagefolder.yaml for a folder with one sub-folder per class), or "
+            "configs/datasets/gatescope_demo.yaml to generate the demo dataset there. Without --root the demo "
+            "dataset runs from gatescope's cache.")
+    cfg.DATASET.NAME = DEFAULT_DATASET
+    return cfg
 
 
 def build_dataset(cfg):

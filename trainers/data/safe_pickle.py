@@ -15,8 +15,8 @@ import pickle
 from ..engine.utils import atomic_write_bytes
 from .datum import Datum
 
-__all__ = ["DATUM_CLASS_PATHS", "DisallowedGlobalError", "load_datum_pickle", "dump_datum_pickle",
-           "dumps_datum_pickle"]
+__all__ = ["DATUM_CLASS_PATHS", "DisallowedGlobalError", "load_datum_pickle", "load_datum_lists",
+           "dump_datum_pickle", "dumps_datum_pickle"]
 
 # Where Datum has lived: Dassl's defining module, Dassl's re-export, and gatescope's.
 DATUM_CLASS_PATHS = (
@@ -87,6 +87,55 @@ def load_datum_pickle(path):
                 f'cannot read "{path}" ({type(e).__name__}: {e}); the file is damaged or not a data '
                 "cache. Delete it and it is rebuilt on the next run."
             ) from e
+
+
+_DATUM_STATE = {"_impath": str, "_label": int, "_domain": int, "_classname": str}
+
+
+def _datum_state_problem(item):
+    """Why `item`'s unpickled state is not a Datum's (None when it is): a pickle sets the state
+    directly, without Datum's constructor, so its fields are checked here."""
+    state = vars(item)
+    if (state.keys() == _DATUM_STATE.keys() and type(state["_impath"]) is str and type(state["_classname"]) is str
+            and type(state["_label"]) is int and type(state["_domain"]) is int and state["_label"] >= 0
+            and state["_domain"] >= 0):
+        return None  # the common case, checked in one go (caches hold up to a million items)
+    if set(state) != set(_DATUM_STATE):
+        return f"attributes {sorted(state)} instead of {sorted(_DATUM_STATE)}"
+    for name, kind in _DATUM_STATE.items():
+        value = state[name]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return f"{name} = {value!r} is not a {kind.__name__}"
+        if kind is int and value < 0:
+            return f"{name} = {value} is negative"
+    return None
+
+
+def load_datum_lists(path, required, optional=()):
+    """A data cache that must be a dict of lists of Datum, checked for meaning (see `load_datum_pickle`).
+
+    `required` keys must hold lists of Datum, `optional` keys may; each Datum's fields must be
+    Dassl's four with their types (path and class name strings, label and domain integers >= 0).
+    Other keys are returned unchecked (a cache's own record). Raises ValueError (or
+    `pickle.UnpicklingError`) naming the file and saying to delete it.
+    """
+    data = load_datum_pickle(path)
+    if not isinstance(data, dict):
+        raise ValueError(f'"{path}" should hold a dict with {list(required)} lists of Datum, found a '
+                         f"{type(data).__name__}. Delete it and it is rebuilt.")
+    for key in list(required) + [k for k in optional if k in data]:
+        items = data.get(key)
+        if not isinstance(items, list) or not all(isinstance(item, Datum) for item in items):
+            found = f"a dict with keys {sorted(map(str, data))}" if key not in data else \
+                f'"{key}" holding a {type(items).__name__} that is not a list of Datum'
+            raise ValueError(f'"{path}" should hold a dict with {list(required)} lists of Datum, found {found}. '
+                             "Delete it and it is rebuilt.")
+        for index, item in enumerate(items):
+            problem = _datum_state_problem(item)
+            if problem:
+                raise ValueError(f'"{path}": item {index} of "{key}" is not a valid Datum ({problem}); the cache is '
+                                 "damaged or was not written by CoOp or gatescope. Delete it and it is rebuilt.")
+    return data
 
 
 class _DasslPathPickler(pickle._Pickler):

@@ -55,7 +55,7 @@ def set_deterministic(enabled=True):
 
 # ---------------------------------------------------------------- test kill points
 KILL_AT_ENV = "GATESCOPE_TEST_KILL_AT"
-KILL_POINTS = ("step", "evaluation", "checkpoint_write")
+KILL_POINTS = ("step", "evaluation", "checkpoint_write", "fewshot_cache_written")
 _kill_point_visits = defaultdict(int)
 
 
@@ -64,7 +64,8 @@ def kill_point(name):
 
     Env GATESCOPE_TEST_KILL_AT=`<point>` or `<point>@<n>` kills at the n-th (default first) time
     the process reaches `<point>`: "step" (after an optimizer step), "evaluation" (after an
-    evaluation batch), "checkpoint_write" (half-way through writing a checkpoint's temp file).
+    evaluation batch), "checkpoint_write" (half-way through writing a checkpoint's temp file),
+    "fewshot_cache_written" (right after a few-shot sample is written to its cache file).
     Unset (always, outside the tests) this is one dict lookup.
     """
     spec = os.environ.get(KILL_AT_ENV)

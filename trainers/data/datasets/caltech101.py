@@ -5,7 +5,6 @@ duplicate face class), with CoOp's singular class names.
 """
 from ..registry import DATASET_REGISTRY
 from ..split_dataset import SplitFileDataset
-from ..splits import read_and_split_data
 
 IGNORED = ["BACKGROUND_Google", "Faces_easy"]
 NEW_CNAMES = {"airplanes": "airplane", "Faces": "face", "Leopards": "leopard", "Motorbikes": "motorbike"}
@@ -16,9 +15,6 @@ class Caltech101(SplitFileDataset):
     dataset_dir = "caltech-101"
     image_subdir = "101_ObjectCategories"
     split_file = "split_zhou_Caltech101.json"
-
-    def split_sources(self):
-        return []
-
-    def build_split(self):
-        return read_and_split_data(self.image_dir, ignored=IGNORED, new_cnames=NEW_CNAMES)
+    split_from_class_folders = True
+    ignored_folders = tuple(IGNORED)
+    new_cnames = NEW_CNAMES

@@ -12,10 +12,5 @@ class DescribableTextures(SplitFileDataset):
     dataset_dir = "dtd"
     image_subdir = "images"
     split_file = "split_zhou_DescribableTextures.json"
+    split_from_class_folders = True
     read_and_split_data = staticmethod(read_and_split_data)  # CoOp's other datasets call it on DTD
-
-    def split_sources(self):
-        return []
-
-    def build_split(self):
-        return read_and_split_data(self.image_dir)

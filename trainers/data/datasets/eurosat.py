@@ -4,7 +4,6 @@ Without the split file one is built from the class folders, with CoOp's readable
 """
 from ..registry import DATASET_REGISTRY
 from ..split_dataset import SplitFileDataset
-from ..splits import read_and_split_data
 
 NEW_CNAMES = {
     "AnnualCrop": "Annual Crop Land",
@@ -25,9 +24,5 @@ class EuroSAT(SplitFileDataset):
     dataset_dir = "eurosat"
     image_subdir = "2750"
     split_file = "split_zhou_EuroSAT.json"
-
-    def split_sources(self):
-        return []
-
-    def build_split(self):
-        return read_and_split_data(self.image_dir, new_cnames=NEW_CNAMES)
+    split_from_class_folders = True
+    new_cnames = NEW_CNAMES

@@ -7,6 +7,7 @@ import os.path as osp
 from ..base_dataset import DatasetBase, dataset_root, missing_data_error
 from ..datum import Datum
 from ..registry import DATASET_REGISTRY
+from ..splits import read_lines
 
 SPLIT_LISTS = ("images_variant_train.txt", "images_variant_val.txt", "images_variant_test.txt")
 
@@ -25,23 +26,20 @@ class FGVCAircraft(DatasetBase):
         if any(not osp.exists(p) for p in expected):
             raise missing_data_error(type(self).__name__, self.root, expected, dataset_dir=self.dataset_dir)
 
-        with open(variants_file, "r") as f:
-            classnames = [line.strip() for line in f if line.strip()]
+        classnames = [line for _, line in read_lines(variants_file)]
         cname2lab = {c: i for i, c in enumerate(classnames)}
         train, val, test = (self.read_data(cname2lab, p) for p in expected[2:])
-        train, val, test = self.fewshot_and_subsample(cfg, train, val, test, self.split_fewshot_dir)
+        source = f"the lists {', '.join(SPLIT_LISTS)} in {self.dataset_dir}"
+        train, val, test = self.fewshot_and_subsample(cfg, train, val, test, self.split_fewshot_dir, source=source)
         super().__init__(train_x=train, val=val, test=test)
 
     def read_data(self, cname2lab, filepath):
         items = []
-        with open(filepath, "r") as f:
-            for line in f:
-                fields = line.strip().split(" ")
-                if not fields[0]:
-                    continue
-                imname, classname = fields[0], " ".join(fields[1:])  # "<image id> <variant name>"
-                if classname not in cname2lab:
-                    raise ValueError(f'"{filepath}": variant "{classname}" is not listed in variants.txt')
-                items.append(Datum(impath=osp.join(self.image_dir, imname + ".jpg"), label=cname2lab[classname],
-                                   classname=classname))
+        for number, line in read_lines(filepath):
+            fields = line.split(" ")
+            imname, classname = fields[0], " ".join(fields[1:])  # "<image id> <variant name>"
+            if classname not in cname2lab:
+                raise ValueError(f'"{filepath}", line {number}: variant "{classname}" is not listed in variants.txt')
+            items.append(Datum(impath=osp.join(self.image_dir, imname + ".jpg"), label=cname2lab[classname],
+                               classname=classname))
         return items

@@ -4,7 +4,6 @@ Without the split file one is built from the class folders (50% / 20% / 30%) and
 """
 from ..registry import DATASET_REGISTRY
 from ..split_dataset import SplitFileDataset
-from ..splits import read_and_split_data
 
 
 @DATASET_REGISTRY.register()
@@ -12,9 +11,4 @@ class Food101(SplitFileDataset):
     dataset_dir = "food-101"
     image_subdir = "images"
     split_file = "split_zhou_Food101.json"
-
-    def split_sources(self):
-        return []
-
-    def build_split(self):
-        return read_and_split_data(self.image_dir)
+    split_from_class_folders = True

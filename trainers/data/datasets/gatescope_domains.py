@@ -6,6 +6,7 @@ the oracle of the benchmark trains one prompt per domain this way.
 """
 import os.path as osp
 
+from ..derived_cache import generated_dataset_root
 from ..domain_tasks import SPLIT_FILE, TASKS, ensure_domain_task
 from ..registry import DATASET_REGISTRY
 from ..split_dataset import SplitFileDataset
@@ -16,6 +17,10 @@ class DomainTaskDataset(SplitFileDataset):
     image_subdir = "images"
     split_file = SPLIT_FILE
     missing_split_hint = "the domain task is incomplete: delete its folder and it is generated again"
+
+    @classmethod
+    def root_of(cls, cfg):
+        return generated_dataset_root(cfg)  # DATASET.ROOT when given, else gatescope's cache
 
     def __init__(self, cfg):
         self.keep_domains = list(cfg.DATASET.SOURCE_DOMAINS or [])

@@ -10,6 +10,7 @@ from .imagenet import ImageNetVariant
 class ImageNetV2(ImageNetVariant):
     dataset_dir = "imagenetv2"
     image_subdir = "imagenetv2-matched-frequency-format-val"
+    folder_pattern = "<label 0..999>"
 
     def class_folders(self, classnames, text_file):
         return [(str(label), name) for label, name in enumerate(classnames.values())]

@@ -4,13 +4,12 @@ Without the split file it is built from `imagelabels.mat` (needs scipy) and `cat
 per class 50% train, 20% val, 30% test.
 """
 import os.path as osp
-import random
 from collections import defaultdict
 
 from ..datum import Datum
 from ..registry import DATASET_REGISTRY
 from ..split_dataset import SplitFileDataset, load_matlab_file
-from ..splits import read_json
+from ..splits import read_json, split_rng
 
 
 @DATASET_REGISTRY.register()
@@ -31,9 +30,13 @@ class OxfordFlowers(SplitFileDataset):
             tracker[int(label)].append(osp.join(self.image_dir, f"image_{i + 1:05d}.jpg"))
 
         print("Splitting data into 50% train, 20% val, and 30% test")
+        rng = split_rng()  # the split depends on the files only, not on the run's seed
         train, val, test = [], [], []
         for label, impaths in tracker.items():
-            random.shuffle(impaths)
+            if str(label) not in lab2cname:
+                raise ValueError(f'"{lab2cname_file}" has no name for class {label} (of "{label_file}"); it maps '
+                                 '"1".."102" to class names')
+            rng.shuffle(impaths)
             n_train, n_val = round(len(impaths) * 0.5), round(len(impaths) * 0.2)
             cname = lab2cname[str(label)]
             for split, paths in ((train, impaths[:n_train]), (val, impaths[n_train:n_train + n_val]),

@@ -7,7 +7,7 @@ import os.path as osp
 from ..datum import Datum
 from ..registry import DATASET_REGISTRY
 from ..split_dataset import SplitFileDataset
-from ..splits import read_split, save_split, split_trainval, subsample_classes
+from ..splits import line_error, read_lines, read_split, save_split, split_trainval, subsample_classes
 
 
 @DATASET_REGISTRY.register()
@@ -34,12 +34,15 @@ class OxfordPets(SplitFileDataset):
         # Lines of annotations/<split_file>: "<Breed_Name>_<n> <class id 1..37> <species> <breed id>";
         # the breed is the name without its trailing number, lower-cased.
         items = []
-        with open(osp.join(self.dataset_dir, "annotations", split_file), "r") as f:
-            for line in f:
-                if not line.strip():
-                    continue
-                imname, label = line.split()[:2]
-                breed = "_".join(imname.split("_")[:-1]).lower()
-                impath = osp.join(self.image_dir, imname + ".jpg")
-                items.append(Datum(impath=impath, label=int(label) - 1, classname=breed))
+        path = osp.join(self.dataset_dir, "annotations", split_file)
+        for number, line in read_lines(path):
+            if line.startswith("#"):  # the official test.txt has no comments, but trainval.txt may
+                continue
+            fields = line.split()
+            if len(fields) < 2 or not fields[1].isdigit() or int(fields[1]) < 1 or "_" not in fields[0]:
+                raise line_error(path, number, line, "'<Breed_Name>_<n> <class id 1..37> <species> <breed id>'")
+            imname, label = fields[:2]
+            breed = "_".join(imname.split("_")[:-1]).lower()
+            impath = osp.join(self.image_dir, imname + ".jpg")
+            items.append(Datum(impath=impath, label=int(label) - 1, classname=breed))
         return items

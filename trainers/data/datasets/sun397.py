@@ -9,7 +9,7 @@ import os.path as osp
 from ..datum import Datum
 from ..registry import DATASET_REGISTRY
 from ..split_dataset import SplitFileDataset
-from ..splits import split_trainval
+from ..splits import line_error, read_lines, split_trainval
 
 
 @DATASET_REGISTRY.register()
@@ -23,21 +23,20 @@ class SUN397(SplitFileDataset):
 
     def build_split(self):
         classname_file, train_file, test_file = self.split_sources()
-        with open(classname_file, "r") as f:
-            folders = [line.strip()[1:] for line in f if line.strip()]  # "/a/abbey" -> "a/abbey"
+        folders = [line[1:] for _, line in read_lines(classname_file)]  # "/a/abbey" -> "a/abbey"
         cname2lab = {c: i for i, c in enumerate(folders)}
         train, val = split_trainval(self.read_data(cname2lab, train_file))
         return train, val, self.read_data(cname2lab, test_file)
 
     def read_data(self, cname2lab, text_file):
         items = []
-        with open(text_file, "r") as f:
-            for line in f:
-                imname = line.strip()[1:]  # "/a/abbey/sun_x.jpg" -> "a/abbey/sun_x.jpg"
-                if not imname:
-                    continue
-                folder = osp.dirname(imname)
-                classname = " ".join(folder.split("/")[1:][::-1])  # drop the letter, qualifier first
-                items.append(Datum(impath=osp.join(self.image_dir, imname), label=cname2lab[folder],
-                                   classname=classname))
+        for number, line in read_lines(text_file):
+            imname = line[1:]  # "/a/abbey/sun_x.jpg" -> "a/abbey/sun_x.jpg"
+            folder = osp.dirname(imname)
+            if folder not in cname2lab:
+                raise line_error(text_file, number, line,
+                                 "'/<letter>/<class folder listed in ClassName.txt>/<image>'")
+            classname = " ".join(folder.split("/")[1:][::-1])  # drop the letter, qualifier first
+            items.append(Datum(impath=osp.join(self.image_dir, imname), label=cname2lab[folder],
+                               classname=classname))
         return items

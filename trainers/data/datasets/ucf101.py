@@ -9,7 +9,7 @@ import re
 from ..datum import Datum
 from ..registry import DATASET_REGISTRY
 from ..split_dataset import SplitFileDataset
-from ..splits import split_trainval
+from ..splits import line_error, read_lines, split_trainval
 
 
 @DATASET_REGISTRY.register()
@@ -25,22 +25,22 @@ class UCF101(SplitFileDataset):
     def build_split(self):
         class_file, train_file, test_file = self.split_sources()
         cname2lab = {}
-        with open(class_file, "r") as f:
-            for line in f:
-                if line.strip():
-                    label, action = line.split()
-                    cname2lab[action] = int(label) - 1
+        for number, line in read_lines(class_file):
+            fields = line.split()
+            if len(fields) != 2 or not fields[0].isdigit() or int(fields[0]) < 1:
+                raise line_error(class_file, number, line, "'<class id 1..101> <ActionName>'")
+            cname2lab[fields[1]] = int(fields[0]) - 1
         train, val = split_trainval(self.read_data(cname2lab, train_file))
         return train, val, self.read_data(cname2lab, test_file)
 
     def read_data(self, cname2lab, text_file):
         items = []
-        with open(text_file, "r") as f:
-            for line in f:
-                if not line.strip():
-                    continue
-                action, filename = line.split()[0].split("/")  # "Action/v_Action_g01_c01.avi [label]"
-                renamed_action = "_".join(re.findall("[A-Z][^A-Z]*", action))
-                impath = osp.join(self.image_dir, renamed_action, filename.replace(".avi", ".jpg"))
-                items.append(Datum(impath=impath, label=cname2lab[action], classname=renamed_action))
+        for number, line in read_lines(text_file):
+            parts = line.split()[0].split("/")  # "Action/v_Action_g01_c01.avi [label]"
+            if len(parts) != 2 or parts[0] not in cname2lab:
+                raise line_error(text_file, number, line, "'<ActionName listed in classInd.txt>/<video>.avi [label]'")
+            action, filename = parts
+            renamed_action = "_".join(re.findall("[A-Z][^A-Z]*", action))
+            impath = osp.join(self.image_dir, renamed_action, filename.replace(".avi", ".jpg"))
+            items.append(Datum(impath=impath, label=cname2lab[action], classname=renamed_action))
         return items
