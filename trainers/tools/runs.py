@@ -75,11 +75,12 @@ class Run(RunKey):
 
 # ------------------------------------------------------------------ results.json: read and checked
 # The fields summarize reads -> the types they may have (bool is kept apart from int: JSON true
-# is not a seed). Fields it does not read are not checked, so a writer may add its own.
+# is not a seed; null: not known). Fields it does not read are not checked, so a writer may add its own.
+NULL = type(None)
 RECORD_TYPES = {
     "trainer": (str,), "dataset": (str,), "subsample_classes": (str,), "seed": (int,), "num_shots": (int,),
-    "epoch": (int,), "max_epoch": (int,), "nonfinite_skips": (int,), "eval_only": (bool,),
-    "finite_end_state": (bool,), "parent_trainer": (str, type(None)), "results": (dict,),
+    "epoch": (int,), "max_epoch": (int,), "nonfinite_skips": (int, NULL), "eval_only": (bool,),
+    "finite_end_state": (bool, NULL), "parent_trainer": (str, NULL), "results": (dict,),
 }
 
 
@@ -104,7 +105,7 @@ def check_record(record):
     problems = []
     for name, types in RECORD_TYPES.items():
         if name in record and not _is_type(record[name], types):
-            expected = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            expected = " or ".join("null" if t is NULL else t.__name__ for t in types)
             problems.append(f"`{name}` is {_type_name(record[name])} {record[name]!r:.40}, expected {expected}")
     if "results" not in record:
         problems.append("no `results` field")
@@ -290,8 +291,8 @@ def _config_get(config, section, key):
 
 
 # summary.json gate-entry fields the tables read, and their types.
-GATE_FIELDS = {"gate": (str,), "verdict": (str,), "rho_median": (int, float, type(None)),
-               "input_std": (int, float, type(None)), "delta_acc": (int, float, type(None))}
+GATE_FIELDS = {"gate": (str,), "verdict": (str,), "rho_median": (int, float, NULL),
+               "input_std": (int, float, NULL), "delta_acc": (int, float, NULL)}
 
 
 def read_gates(path):
@@ -324,7 +325,7 @@ def read_gates(path):
         for name, types in GATE_FIELDS.items():
             if name in entry and not _is_type(entry[name], types):
                 notes.append(f"{SUMMARY_FILE}: gate `{place}` has `{name}` = {entry[name]!r:.40}, "
-                             f"not a {' or '.join(t.__name__ for t in types if t is not type(None))}: ignored")
+                             f"not a {' or '.join(t.__name__ for t in types if t is not NULL)}: ignored")
                 del entry[name]
         kept[str(place)] = entry
     return kept, summary, notes
@@ -388,7 +389,7 @@ def read_run(path):
     run = Run(path=path, protocol=protocol, phase=phase, dataset=str(dataset), trainer=str(trainer),
               cfg=str(cfg), shots=_as_int(shots, -1), seed=_as_int(seed, -1), status="ok", gates=gates,
               eval_only=eval_only, notes=notes,
-              nonfinite_skips=record_or_empty.get("nonfinite_skips", 0),
+              nonfinite_skips=record_or_empty.get("nonfinite_skips") or 0,
               parent=record_or_empty.get("parent_trainer"), parent_known="parent_trainer" in record_or_empty)
     if problem is not None:
         run.status, run.reason, run.source = "damaged", problem, RESULTS_FILE
