@@ -146,7 +146,7 @@ def assert_ends(pid, timeout=20):
     deadline = time.time() + timeout
     while is_running(pid):
         if time.time() > deadline:
-            os.kill(pid, signal.SIGKILL)
+            os.killpg(os.getpgid(pid), signal.SIGKILL)  # the step's whole group, left by a failing run_step
             pytest.fail(f"process {pid}, started by the step's process, outlived the step")
         time.sleep(0.05)
 
@@ -162,21 +162,37 @@ def test_a_step_timeout_ends_its_whole_process_tree(tmp_path, monkeypatch):
     assert "stopped after timeout_s=5 s" in outcome["error_tail"] and time.time() - started < 60
 
 
+# A process that runs one step and, once the step's grandchild is there, is cancelled the way
+# Ray cancels a running task: KeyboardInterrupt raised in the main thread by _thread.interrupt_main
+# (no signal, so a blocking wait for the step would never notice it).
+CANCELLED_STEP = """
+import _thread, os, sys, threading, time
+from trainers.tools import sweep
+from trainers.tools.grid import Step
+tree, pid_file, run = sys.argv[1:4]
+sweep.train_command = lambda argv: [sys.executable, "-c", tree, pid_file]
+sweep.KILL_GRACE_S = 1.0
+def cancel():
+    while not os.path.isfile(pid_file):
+        time.sleep(0.05)
+    _thread.interrupt_main()
+threading.Thread(target=cancel, daemon=True).start()
+sweep.run_step(Step("", "d", run, [], []))
+"""
+
+
 def test_cancelling_a_step_ends_its_whole_process_tree(tmp_path):
-    """Ray cancels a running task by raising KeyboardInterrupt in it: here a real SIGINT to a
-    process that runs one step."""
     pid_file = str(tmp_path / "grandchild.pid")
-    driver = (f"import sys\nfrom trainers.tools import sweep\nfrom trainers.tools.grid import Step\n"
-              f"sweep.train_command = lambda argv: [sys.executable, '-c', {PROCESS_TREE!r}, {pid_file!r}]\n"
-              f"sweep.KILL_GRACE_S = 1.0\n"
-              f"sweep.run_step(Step('', 'd', {str(tmp_path / 'run')!r}, [], []))\n")
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    process = subprocess.Popen([sys.executable, "-c", driver], env=env, stderr=subprocess.PIPE, text=True)
-    grandchild = wait_for_file(pid_file, timeout=120)
-    process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=60)
+    process = subprocess.Popen([sys.executable, "-c", CANCELLED_STEP, PROCESS_TREE, pid_file, str(tmp_path / "run")],
+                               env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = process.communicate(timeout=180)
+    finally:
+        if process.poll() is None:
+            process.kill()
     assert process.returncode != 0 and "KeyboardInterrupt" in err
-    assert_ends(grandchild)
+    assert_ends(wait_for_file(pid_file, timeout=1))
     with open(tmp_path / "run" / sweep.STEP_OUTPUT) as f:
         assert "cancelled (its process group was ended)" in f.read()
 

@@ -11,7 +11,8 @@
   output goes to `<run>/sweep_output.txt`. The subprocess leads a process group of its own: a
   timeout (`resources.timeout_s`) or a cancel (Ctrl-C of the sweep; Ray's `ray.cancel`, which
   raises KeyboardInterrupt in the task) ends the whole group (SIGTERM, then SIGKILL after
-  `KILL_GRACE_S`), so no process that train.py started outlives its step.
+  `KILL_GRACE_S`), so no process that train.py started outlives its step. (Ray itself, when it
+  stops a worker, kills only the worker's direct children.)
 - Finished runs (complete results.json, or a final `* accuracy:` in an old log) are skipped, also
   step by step inside a run, so rerunning a sweep starts only what is missing.
 - A failed step is recorded with the tail of its output in `<output>/sweeps/<name>/failures.jsonl`
@@ -30,6 +31,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -115,7 +117,9 @@ def run_step(step, env=None, timeout_s=None, cwd=None):
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=run_env,
                                    cwd=cwd if cwd and os.path.isdir(cwd) else None, start_new_session=True)
         try:
-            returncode = process.wait(timeout=timeout_s)
+            # With a timeout, wait() polls (sleeps of <= 50 ms); a blocking waitpid would never
+            # see Ray's cancel, which arrives by _thread.interrupt_main and wakes no system call.
+            returncode = process.wait(timeout=timeout_s if timeout_s is not None else threading.TIMEOUT_MAX)
         except subprocess.TimeoutExpired:
             kill_process_group(process)
             returncode = "timeout"
