@@ -193,8 +193,9 @@ def test_original_coop_logs_are_read(runs_root):
 def test_gate_verdict_counts_and_medians(runs_root):
     rows = table_rows(summarize([runs_root], tables=("gates",)), "plain", "Gates")
     # medians of (0.001, 0.002, 0.01), (0.01, 0.02, 0.03) and (0.0, 0.5, 2.0); 3 training runs
+    # whose verdicts differ (collapsed, collapsed, healthy): the seeds do not agree
     assert rows == [["base2new/train_base", "dsA", "CoOpGated", "c1@mlp", "16", "length (mlp)", "3",
-                     "1", "0", "0", "2", "0.002", "0.02", "0.50"]]
+                     "collapsed 2, healthy 1", "no", "0.002", "0.02", "0.50"]]
 
 
 def test_delta_names_how_many_seeds_it_rests_on():
@@ -259,3 +260,92 @@ def test_a_run_counts_as_the_trainer_that_ran(tmp_path):
     assert rows == [["fewshot", "eurosat", "CoOp", "vit_b16_ep50", "16", "1", "70.00 ± 0.00", "-"],
                     ["fewshot", "eurosat", "CoOpGated", "vit_b16_ep50_gate_scalar", "16", "1", "71.50 ± 0.00",
                      "+1.50"]]
+
+
+def write_gated_runs(out, trainer, cfg, verdicts, accuracy=70.0, record_parent=True, parent="CoOp"):
+    """One fewshot run per seed of `trainer`, each with one gate of the given verdict (None: ungated)."""
+    for seed, verdict in enumerate(verdicts, 1):
+        folder = run_dir(out, "fewshot", "", "dsV", 16, trainer, cfg, seed)
+        write_results(folder, trainer, seed, accuracy + seed, "all", False)
+        if record_parent:
+            with open(os.path.join(folder, "results.json")) as f:
+                record = json.load(f)
+            write_json(os.path.join(folder, "results.json"), {**record, "parent_trainer": parent})
+        if verdict is not None:
+            gate = {"gate": "mlp", "verdict": verdict, "rho_median": 0.1, "input_std": 0.1, "delta_acc": 0.0}
+            write_json(os.path.join(folder, "diagnostics", "summary.json"), {"gates": {"length": gate}})
+
+
+def test_verdict_counts_take_any_verdict_and_flag_cells_whose_seeds_disagree(tmp_path):
+    """No list of verdicts is assumed: a new one (here `inert`) is counted like the others."""
+    out = str(tmp_path)
+    write_gated_runs(out, "CoOpGated", "c1", ["healthy", "inert", "healthy"])
+    write_gated_runs(out, "CoCoOpGated", "c1", ["inert", "inert"], parent="CoCoOp")
+    write_gated_runs(out, "MaPLeGated", "c1", ["collapsed"], parent="MaPLe")
+    rows = {row[2]: row[7:9] for row in table_rows(summarize([out], tables=("gates",)), "plain", "Gates")}
+    assert rows == {"CoOpGated": ["healthy 2, inert 1", "no"], "CoCoOpGated": ["inert 2", "yes"],
+                    "MaPLeGated": ["collapsed 1", "-"]}
+
+
+def test_the_parent_recorded_by_the_run_gives_any_trainer_its_delta(tmp_path):
+    """A plugin's trainer, unknown to this installation, declares its parent on its class; the run
+    records it in results.json and the delta column follows."""
+    out = str(tmp_path)
+    write_gated_runs(out, "CoOp", "c1", [None, None], accuracy=60.0, parent=None)
+    write_gated_runs(out, "PluginRoutedCoOp", "c1", [None, None], accuracy=65.0, parent="CoOp")
+    rows = table_rows(summarize([out], tables=("accuracy",)), "plain", "Accuracy")
+    assert [row[2] for row in rows] == ["CoOp", "PluginRoutedCoOp"] and rows[1][-1] == "+5.00"
+
+
+def test_runs_without_a_recorded_parent_use_the_installed_trainers_class(tmp_path):
+    """Runs written before results.json recorded the parent: CoOpGated's class names CoOp; a
+    trainer that is not installed gets no delta rather than a guess."""
+    out = str(tmp_path)
+    write_gated_runs(out, "CoOp", "c1", [None], accuracy=60.0, record_parent=False)
+    write_gated_runs(out, "CoOpGated", "c1", [None], accuracy=61.5, record_parent=False)
+    write_gated_runs(out, "NotInstalledGated", "c1", [None], accuracy=70.0, record_parent=False)
+    rows = {row[2]: row[-1] for row in table_rows(summarize([out], tables=("accuracy",)), "plain", "Accuracy")}
+    assert rows == {"CoOp": "-", "CoOpGated": "+1.50", "NotInstalledGated": "-"}
+
+
+def test_every_gated_trainer_names_a_registered_parent():
+    import trainers  # noqa: F401
+    from trainers.engine import TRAINER_REGISTRY
+
+    parents = {name: getattr(TRAINER_REGISTRY.get(name), "PARENT_TRAINER", None)
+               for name in TRAINER_REGISTRY.registered_names()}
+    assert {k: v for k, v in parents.items() if v} == {
+        "CoOpGated": "CoOp", "CoCoOpGated": "CoCoOp", "MaPLeGated": "MaPLe", "AdaptiveMaPLe": "MaPLe",
+        "AdaptiveBiDirMaPLe": "BiDirMaPLe", "ParamMatched": "MaPLe"}
+    assert all(parent in TRAINER_REGISTRY for parent in parents.values() if parent)
+
+
+def test_variants_table_compares_with_the_baseline_in_the_grids_order(tmp_path):
+    """The study's view: a row per trainer and variant (`<cfg>~<variant>` folders), Δ vs a baseline
+    trainer on the same seeds, verdict counts with the seeds' agreement."""
+    from trainers.tools.summarize import SummaryOptions, summarize_runs
+
+    out = str(tmp_path)
+    acc = {("CoOp", "demo~none"): (30.0, 34.0), ("CoOpGated", "demo~none"): (35.0, 36.0),
+           ("CoOpGated", "demo~gradnorm"): (31.0, 33.0)}
+    for (trainer, cfg), by_seed in acc.items():
+        for seed, accuracy in enumerate(by_seed, 1):
+            folder = run_dir(out, "fewshot", "", "multidomain", 16, trainer, cfg, seed)
+            write_results(folder, trainer, seed, accuracy, "all", False)
+            if trainer != "CoOp":
+                gate = {"gate": "softmax", "verdict": "collapsed" if seed == 1 else "healthy",
+                        "rho_median": 0.001 * seed, "input_std": 0.01 * seed, "delta_acc": 0.5 * seed}
+                write_json(os.path.join(folder, "diagnostics", "summary.json"), {"gates": {"pool": gate}})
+    options = SummaryOptions(tables=("variants",), baseline="CoOp", title="Study: {dataset} task", variant="remedy",
+                             trainers=("CoOp", "CoOpGated"), variants=("none", "gradnorm"))
+    [table] = summarize_runs(find_runs(out), options=options)
+    assert table.title == "Study: multidomain task"
+    assert table.headers[:6] == ["trainer", "cfg", "remedy", "seeds", "accuracy", "Δ vs CoOp"]
+    coop, gated, gradnorm = table.rows
+    # CoOp: mean 32, population std 2; CoOpGated: 35.5 ± 0.5, delta ((35-30) + (36-34)) / 2 = 3.5
+    assert coop[:3] == ["CoOp", "demo", "none"] and (coop[4].mean, coop[4].std) == (32.0, 2.0) and coop[5] is None
+    assert gated[:3] == ["CoOpGated", "demo", "none"] and (gated[4].mean, gated[4].std) == (35.5, 0.5)
+    assert (gated[5].value, gated[5].count) == (3.5, 2)
+    assert gated[6:9] == ["pool (softmax)", "collapsed 1, healthy 1", "no"]
+    assert gated[9:12] == [pytest.approx(0.0015), pytest.approx(0.015), pytest.approx(0.75)]
+    assert gradnorm[2] == "gradnorm" and gradnorm[5].value == pytest.approx(0.0)

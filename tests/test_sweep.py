@@ -2,12 +2,17 @@
 import json
 import os
 import re
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import yaml
 
 from conftest import REPO
-from trainers.tools.grid import GridError, expand_grid, load_grid
+from trainers.tools import sweep
+from trainers.tools.grid import GridError, Step, expand_grid, load_grid
 from trainers.tools.layout import run_dir
 from trainers.tools.runs import is_complete
 from trainers.tools.sweep import sweep_main
@@ -33,14 +38,41 @@ def test_base2new_cells_train_on_base_then_test_new_from_that_model(tmp_path):
     assert test.output_dir == run_dir(out, "base2new", "test_new", "gatescope_demo", 4, "CoOpGated", "demo@mlp", 2)
     assert test.model_dir == train.output_dir
     # the protocol's keys come last, after the grid's opts and the gate
-    assert train.argv()[-8:] == ["OPTIM.MAX_EPOCH", "2", "GATE.NAME", "mlp", "DATASET.NUM_SHOTS", "4",
-                                 "DATASET.SUBSAMPLE_CLASSES", "base"]
+    assert train.argv()[-10:] == ["OPTIM.MAX_EPOCH", "2", "GATE.NAME", "mlp", "DATASET.NAME", "GatescopeDemo",
+                                  "DATASET.NUM_SHOTS", "4", "DATASET.SUBSAMPLE_CLASSES", "base"]
     argv = test.argv(load_epoch=2)
     assert argv[argv.index("--model-dir") + 1] == train.output_dir
     assert argv[argv.index("--load-epoch") + 1] == "2" and "--eval-only" in argv
     assert argv[-2:] == ["DATASET.SUBSAMPLE_CLASSES", "new"]
     with pytest.raises(ValueError, match="load_epoch"):
         test.argv()
+
+
+def test_the_grids_dataset_is_the_one_trained_on_even_when_the_trainer_config_names_another(tmp_path):
+    """A trainer's demo.yaml names the demo dataset and is read after the dataset config: without
+    DATASET.NAME among the protocol keys every run would silently train on the demo dataset."""
+    grid = expand_grid(grid_spec(tmp_path, protocol=["fewshot", "xd"], datasets={"md": "gatescope_multidomain"},
+                                 xd={"source": "gatescope_homogeneous", "targets": ["gatescope_demo"]}, seeds=[1],
+                                 trainers={"CoOp": {"configs": ["demo"]}}))
+    names = {step.dataset: step.opts[step.opts.index("DATASET.NAME") + 1]
+             for cell in grid.cells for step in cell.steps}
+    assert names == {"md": "GatescopeMultiDomain", "gatescope_homogeneous": "GatescopeHomogeneous",
+                     "gatescope_demo": "GatescopeDemo"}
+    assert grid.cells[0].steps[0].output_dir.split(os.sep)[-6:-4] == ["fewshot", "md"]
+
+
+def test_variants_are_named_option_sets_each_in_a_folder_of_its_own(tmp_path):
+    grid = expand_grid(grid_spec(tmp_path, protocol="fewshot", seeds=[1],
+                                 variants={"none": [], "hot": ["GATE.LR_MULT", 100]},
+                                 trainers={"CoOp": {"configs": ["demo"], "variants": ["none"]},
+                                           "CoOpGated": {"configs": ["demo"], "gates": ["mlp"]}}))
+    cells = {(c.trainer, c.cfg): c.steps[0] for c in grid.cells}
+    assert sorted(cells) == [("CoOp", "demo~none"), ("CoOpGated", "demo@mlp~hot"), ("CoOpGated", "demo@mlp~none")]
+    assert cells[("CoOpGated", "demo@mlp~hot")].opts[:4] == ["GATE.NAME", "mlp", "GATE.LR_MULT", "100"]
+    assert cells[("CoOpGated", "demo@mlp~hot")].output_dir.endswith(os.path.join("demo@mlp~hot", "seed1"))
+    with pytest.raises(GridError, match=r"trainers.CoOp.variants names \['hott'\], which the grid's `variants`"):
+        expand_grid(grid_spec(tmp_path, variants={"hot": []}, trainers={"CoOp": {"configs": ["demo"],
+                                                                                 "variants": ["hott"]}}))
 
 
 def test_xd_and_dg_share_one_training_per_method_and_seed(tmp_path):
@@ -77,6 +109,92 @@ def test_dry_run_prints_every_command(tmp_path, capsys):
 def test_demo_grid_expands():
     grid = load_grid(os.path.join(REPO, "scripts", "grids", "demo_grid.yaml"))
     assert len(grid.cells) == 9 and all(len(cell.steps) == 2 for cell in grid.cells)
+
+
+# A step's process: it starts a child (as train.py's own children, e.g. data-loader workers)
+# that ignores SIGTERM, writes the child's pid to argv[1], and waits for ever.
+PROCESS_TREE = """
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c",
+                          "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)"])
+with open(sys.argv[1] + ".tmp", "w") as f:
+    f.write(str(child.pid))
+import os; os.replace(sys.argv[1] + ".tmp", sys.argv[1])
+time.sleep(300)
+"""
+
+
+def wait_for_file(path, timeout=60):
+    deadline = time.time() + timeout
+    while not os.path.isfile(path):
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+    with open(path) as f:
+        return int(f.read())
+
+
+def is_running(pid):
+    """True while `pid` exists and is not a zombie (an orphan may wait for a reaper that never comes)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def assert_ends(pid, timeout=20):
+    deadline = time.time() + timeout
+    while is_running(pid):
+        if time.time() > deadline:
+            os.killpg(os.getpgid(pid), signal.SIGKILL)  # the step's whole group, left by a failing run_step
+            pytest.fail(f"process {pid}, started by the step's process, outlived the step")
+        time.sleep(0.05)
+
+
+def test_a_step_timeout_ends_its_whole_process_tree(tmp_path, monkeypatch):
+    pid_file = str(tmp_path / "grandchild.pid")
+    monkeypatch.setattr(sweep, "train_command", lambda argv: [sys.executable, "-c", PROCESS_TREE, pid_file])
+    monkeypatch.setattr(sweep, "KILL_GRACE_S", 1.0, raising=False)
+    started = time.time()
+    outcome = sweep.run_step(Step("", "d", str(tmp_path / "run"), [], []), timeout_s=5)
+    assert outcome["status"] == "failed" and outcome["returncode"] == "timeout"
+    assert_ends(wait_for_file(pid_file, timeout=1))
+    assert "stopped after timeout_s=5 s" in outcome["error_tail"] and time.time() - started < 60
+
+
+# A process that runs one step and, once the step's grandchild is there, is cancelled the way
+# Ray cancels a running task: KeyboardInterrupt raised in the main thread by _thread.interrupt_main
+# (no signal, so a blocking wait for the step would never notice it).
+CANCELLED_STEP = """
+import _thread, os, sys, threading, time
+from trainers.tools import sweep
+from trainers.tools.grid import Step
+tree, pid_file, run = sys.argv[1:4]
+sweep.train_command = lambda argv: [sys.executable, "-c", tree, pid_file]
+sweep.KILL_GRACE_S = 1.0
+def cancel():
+    while not os.path.isfile(pid_file):
+        time.sleep(0.05)
+    _thread.interrupt_main()
+threading.Thread(target=cancel, daemon=True).start()
+sweep.run_step(Step("", "d", run, [], []))
+"""
+
+
+def test_cancelling_a_step_ends_its_whole_process_tree(tmp_path):
+    pid_file = str(tmp_path / "grandchild.pid")
+    env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    process = subprocess.Popen([sys.executable, "-c", CANCELLED_STEP, PROCESS_TREE, pid_file, str(tmp_path / "run")],
+                               env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = process.communicate(timeout=180)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode != 0 and "KeyboardInterrupt" in err
+    assert_ends(wait_for_file(pid_file, timeout=1))
+    with open(tmp_path / "run" / sweep.STEP_OUTPUT) as f:
+        assert "cancelled (its process group was ended)" in f.read()
 
 
 @pytest.fixture()

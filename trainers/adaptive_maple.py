@@ -121,6 +121,7 @@ class AdaptiveTrainer(GatedTrainer):
 
 @TRAINER_REGISTRY.register()
 class AdaptiveMaPLe(AdaptiveTrainer, MaPLe):
+    PARENT_TRAINER = "MaPLe"
     CFG_NODE = "ADAPTIVE_MAPLE"
 
     @staticmethod
@@ -136,6 +137,7 @@ class AdaptiveMaPLe(AdaptiveTrainer, MaPLe):
 
 @TRAINER_REGISTRY.register()
 class AdaptiveBiDirMaPLe(AdaptiveTrainer, BiDirMaPLe):
+    PARENT_TRAINER = "BiDirMaPLe"
     CFG_NODE = "ADAPTIVE_BIDIR_MAPLE"
 
     @staticmethod
@@ -184,6 +186,7 @@ class ParamMatched(MaPLe):
     """The study's parameter-matched control for AdaptiveMaPLe (keys TRAINER.PARAM_MATCHED, the
     adaptive model's shape keys)."""
 
+    PARENT_TRAINER = "MaPLe"
     CFG_NODE = "PARAM_MATCHED"
 
     @staticmethod

@@ -41,6 +41,7 @@ class CoCoOpGatedPromptLearner(CoCoOpPromptLearner):
 
 @TRAINER_REGISTRY.register()
 class CoCoOpGated(GatedTrainer, CoCoOp):
+    PARENT_TRAINER = "CoCoOp"
     TARGETS = {"meta": "mask", "meta_token": "mask", "length": "mask", "token_dim": "mask"}
     CONDS = ("image_feature",)
     DEFAULT_TARGET = "meta"

@@ -89,6 +89,7 @@ class CoOpGatedCLIP(CoOpCLIP):
 
 @TRAINER_REGISTRY.register()
 class CoOpGated(GatedTrainer, CoOp):
+    PARENT_TRAINER = "CoOp"
     TARGETS = {"length": "mask", "token_dim": "mask", "prefix": "simplex", "pool": "simplex"}
     CONDS = ("image_feature",)
     DEFAULT_TARGET = "length"

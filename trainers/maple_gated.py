@@ -47,6 +47,7 @@ class MaPLeGatedCLIP(DeepPromptCLIP):
 
 @TRAINER_REGISTRY.register()
 class MaPLeGated(GatedTrainer, MaPLe):
+    PARENT_TRAINER = "MaPLe"
     TARGETS = {"depth": "mask"}
     CONDS = ("patch_mean", "image_feature")
     DEFAULT_TARGET = "depth"

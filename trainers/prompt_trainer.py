@@ -34,11 +34,16 @@ class PromptTrainer(TrainerX):
 
     Subclasses set `CFG_NODE` (their node under TRAINER, e.g. "COOP"), implement
     `add_config(cfg)` and `build_custom_clip(cfg, classnames, backbone)`; the returned module
-    has a `prompt_learner` holding every learnable tensor and maps images to logits.
+    has a `prompt_learner` holding every learnable tensor and maps images to logits. A trainer
+    that extends another (a gated trainer, or a plugin's variant of a built-in) names it in
+    `PARENT_TRAINER`.
     """
 
     CFG_NODE = None
     MODEL_NAME = "prompt_learner"
+    # The trainer this one extends (a gated trainer: its ungated parent, e.g. "CoOp" for
+    # CoOpGated), recorded in results.json; `gatescope summarize` compares the two ("Δ vs parent").
+    PARENT_TRAINER = None
 
     @staticmethod
     def add_config(cfg):
@@ -272,6 +277,7 @@ class PromptTrainer(TrainerX):
             "subsample_classes": cfg.DATASET.SUBSAMPLE_CLASSES, "output_dir": self.output_dir,
             "epoch": getattr(self, "epoch", -1) + 1, "max_epoch": cfg.OPTIM.MAX_EPOCH,
             "eval_only": bool(getattr(self, "eval_only", False)),
+            "parent_trainer": self.PARENT_TRAINER,
         })
         record.setdefault("results", {})[split] = {k: float(v) for k, v in results.items()}
         write_json_atomic(record, path)

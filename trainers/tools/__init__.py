@@ -7,5 +7,7 @@
 - `summarize`: `gatescope summarize DIR` (mean ± std over seeds, base / new / HM, gate verdicts);
 - `tables`: rendering those tables as plain text, GitHub markdown, LaTeX or CSV;
 - `grid`: a study grid (GRID.yaml) -> the runs it asks for and their `train.py` commands;
-- `sweep`: `gatescope sweep GRID.yaml`, the grid's runs as Ray tasks.
+- `sweep`: `gatescope sweep GRID.yaml`, the grid's runs as Ray tasks;
+- `study`: `gatescope study`, a grid shipped in `grids/` (the controlled benchmark and any
+  other preset) run by `sweep` and tabulated by `summarize`.
 """

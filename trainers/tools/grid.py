@@ -2,20 +2,29 @@
 
     name: demo                 # optional; the sweep's records go to <output>/sweeps/<name>
     protocol: base2new         # fewshot | base2new | xd | dg, or a list of them
-    datasets: [gatescope_demo] # dataset config names (configs/datasets/<name>.yaml) or YAML paths
+    datasets: [gatescope_demo] # dataset config names (configs/datasets/<name>.yaml) or YAML paths,
+                               # or a mapping {folder label: name or path}
     shots: [16]                # default [16]
     seeds: [1, 2, 3]
     trainers:                  # a list of names (all use the top-level `configs`), or a mapping:
       CoOp: {configs: [vit_b16_ep50]}
-      CoOpGated: {configs: [vit_b16_ep50], gates: [mlp, sigmoid], seeds: [1], opts: [GATE.LR_MULT, 10]}
+      CoOpGated: {configs: [vit_b16_ep50], gates: [mlp, sigmoid], seeds: [1], opts: [GATE.LR_MULT, 10],
+                  variants: [none, gradnorm]}
     configs: [demo]            # default configs of every trainer (names or YAML paths)
     opts: [OPTIM.MAX_EPOCH, 5] # KEY VALUE pairs for every run (a trainer's own opts come after)
+    variants:                  # named sets of KEY VALUE pairs (e.g. remedies); each trainer runs
+      none: []                 # the ones it lists (default: all), each in a folder <cfg>~<variant>
+      gradnorm: [REMEDY.GRADNORM.ENABLED, True]
     output: output             # default ./output
     data: /data                # DATA root; default $DATA, else ./data
     xd: {source: imagenet, targets: [caltech101, ...]}   # defaults: the published 10 targets
     dg: {source: imagenet, targets: [imagenetv2, ...]}   # defaults: V2, Sketch, A, R
     resources: {num_cpus: 1, num_gpus: 0, timeout_s: null}  # per run (a Ray task)
     env: {HF_HUB_OFFLINE: "1"}                              # extra environment of every run
+    quick:                     # what `--quick` changes (a smoke run, e.g. for CI)
+      {seeds: [1], shots: 4, opts: [OPTIM.MAX_EPOCH, 2], variants: [none, gradnorm]}
+    summary:                   # the tables printed at the end (see summarize.SummaryOptions)
+      {tables: [variants, problems], baseline: CoOp, title: "Study: {dataset} task", variant: remedy}
 
 Relative paths are relative to the folder the sweep is started in (as CoOp's scripts run from
 the repository root). A config name `x` of trainer T is `configs/trainers/T/x.yaml` there, else
@@ -26,8 +35,11 @@ The runs, in the layout of `layout` (the same as `scripts/*.sh`):
 - base2new: train on the base classes, then `--eval-only` on the new classes from that model;
 - xd and dg: train on the source (all classes, K shots) once per trainer/cfg/gate/seed/shots,
   then `--eval-only` on each target; an xd and a dg run of the same training share it.
-A gate `g` adds `GATE.NAME g` and names the cfg folder `<cfg>@g`. Protocol keys come last in
-the options, so a grid's opts cannot silently change what a protocol means.
+A gate `g` adds `GATE.NAME g` and names the cfg folder `<cfg>@g`; a variant `v` adds its options
+after the trainer's and names it `<cfg>~v` (`<cfg>@g~v` with a gate). Protocol keys come last in
+the options, so a grid's opts cannot silently change what a protocol means; among them is the
+dataset config's own `DATASET.NAME`, because a trainer config read after the dataset config (a
+`demo.yaml` names the demo dataset) would otherwise silently replace the grid's dataset.
 """
 import os
 from dataclasses import dataclass, field
@@ -39,9 +51,11 @@ from .layout import DG_TARGETS, PHASES, PROTOCOLS, XD_SOURCE, XD_TARGETS, cfg_la
 PACKAGE_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                                "configs")
 GRID_KEYS = {"name", "protocol", "datasets", "shots", "seeds", "trainers", "configs", "opts", "output",
-             "data", "xd", "dg", "resources", "env"}
-TRAINER_KEYS = {"configs", "gates", "seeds", "opts"}
+             "data", "xd", "dg", "resources", "env", "variants", "quick", "summary"}
+TRAINER_KEYS = {"configs", "gates", "seeds", "opts", "variants"}
 RESOURCE_KEYS = {"num_cpus", "num_gpus", "timeout_s"}
+QUICK_KEYS = {"seeds", "shots", "opts", "variants"}
+SUMMARY_KEYS = {"tables", "baseline", "title", "variant"}
 
 
 class GridError(ValueError):
@@ -88,6 +102,11 @@ class Grid:
     cells: list
     resources: dict
     env: dict
+    # The `summary` section (tables to print and their options), plus the grid's order of
+    # trainers and variants so the tables list them as the grid does.
+    summary: dict = field(default_factory=dict)
+    trainers: list = field(default_factory=list)
+    variants: list = field(default_factory=list)
 
 
 def _as_list(value, what):
@@ -98,6 +117,16 @@ def _as_list(value, what):
     if isinstance(value, (str, int)):
         return [value]
     raise GridError(f"{what} must be a value or a list, found {value!r}")
+
+
+def _mapping(value, what, allowed=None):
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise GridError(f"{what} must be a mapping, found {value!r}")
+    if allowed is not None:
+        _check_keys(value, allowed, what)
+    return value
 
 
 def _check_keys(mapping, allowed, where):
@@ -132,8 +161,32 @@ def resolve_config(kind, name, trainer=None):
                     "give a name from that folder or a path to a YAML file")
 
 
+def dataset_name_opts(path):
+    """`["DATASET.NAME", <name>]` from a dataset config file ([] when it names none)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = yaml.safe_load(f) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise GridError(f"cannot read the dataset config {path}: {e}") from e
+    node = config.get("DATASET") if isinstance(config, dict) else None
+    name = node.get("NAME") if isinstance(node, dict) else None
+    return ["DATASET.NAME", str(name)] if name else []
+
+
+def _datasets(spec):
+    """[(folder label, config path)] from the list or mapping form of `datasets`."""
+    value = spec.get("datasets")
+    if isinstance(value, dict):
+        out = []
+        for label, name in value.items():
+            _, path = resolve_config("dataset", name)
+            out.append((str(label), path))
+        return out
+    return [resolve_config("dataset", d) for d in _as_list(value, "datasets")]
+
+
 def _trainer_entries(spec):
-    """[(trainer, {configs, gates, seeds, opts})] from the list or mapping form."""
+    """[(trainer, {configs, gates, seeds, opts, variants})] from the list or mapping form."""
     trainers = spec.get("trainers")
     if not trainers:
         raise GridError("the grid lists no trainers (key `trainers`: a list of names or a mapping)")
@@ -149,22 +202,89 @@ def _trainer_entries(spec):
     return [(str(name), {}) for name in _as_list(trainers, "trainers")]
 
 
+def _variants(spec):
+    """{name: opts} of the `variants` section, in the grid's order."""
+    variants = {}
+    for name, opts in _mapping(spec.get("variants"), "variants").items():
+        if isinstance(opts, dict):  # {opts: [...]} reads as well as the bare list
+            _check_keys(opts, {"opts"}, f"variants.{name}")
+            opts = opts.get("opts")
+        variants[str(name)] = _opts(opts, f"variants.{name}")
+    return variants
+
+
+def select_variants(spec, names, where="the variants asked for"):
+    """`spec` with only the variants `names` (each trainer keeps those of its own it lists).
+    An unknown name is an error listing the grid's variants."""
+    known = [str(v) for v in _mapping(spec.get("variants"), "variants")]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise GridError(f"unknown variant(s) {unknown} in {where}; the grid has: {', '.join(known) or 'none'}")
+    spec = dict(spec)
+    spec["variants"] = {k: v for k, v in (spec.get("variants") or {}).items() if str(k) in names}
+    trainers = spec.get("trainers")
+    if isinstance(trainers, dict):
+        spec["trainers"] = {
+            name: ({**entry, "variants": [v for v in _as_list(entry["variants"], "variants") if str(v) in names]}
+                   if isinstance(entry, dict) and entry.get("variants") is not None else entry)
+            for name, entry in trainers.items()}
+    return spec
+
+
+def apply_quick(spec):
+    """`spec` changed by its `quick` section: seeds and shots replaced, opts appended after the
+    grid's, variants narrowed (see `select_variants`). A grid without one is an error."""
+    quick = spec.get("quick")
+    if not quick:
+        raise GridError("the grid has no `quick` section, so --quick means nothing for it; add e.g. "
+                        "quick: {seeds: [1], opts: [OPTIM.MAX_EPOCH, 1]}")
+    _mapping(quick, "quick", QUICK_KEYS)
+    spec = {k: v for k, v in spec.items() if k != "quick"}
+    for key in ("seeds", "shots"):
+        if key in quick:
+            spec[key] = quick[key]
+    if quick.get("opts"):
+        spec["opts"] = _opts(spec.get("opts"), "opts") + _opts(quick["opts"], "quick.opts")
+    if quick.get("variants") is not None:
+        spec = select_variants(spec, [str(v) for v in _as_list(quick["variants"], "quick.variants")],
+                               "quick.variants")
+    return spec
+
+
+def _summary(spec):
+    summary = dict(_mapping(spec.get("summary"), "summary", SUMMARY_KEYS))
+    if "tables" in summary:
+        from .summarize import TABLES
+
+        summary["tables"] = [str(t) for t in _as_list(summary["tables"], "summary.tables")]
+        unknown = [t for t in summary["tables"] if t not in TABLES]
+        if unknown:
+            raise GridError(f"unknown table(s) {unknown} in summary.tables; available: {', '.join(TABLES)}")
+    return summary
+
+
 def _base_argv(data, seed, trainer, cfg_path, dataset_path, output_dir):
     return ["--root", data, "--seed", str(seed), "--trainer", trainer, "--dataset-config-file", dataset_path,
             "--config-file", cfg_path, "--output-dir", output_dir]
 
 
-def load_grid(path):
-    """Read GRID.yaml and expand it into cells (see the module docstring)."""
+def read_grid_file(path):
+    """The parsed GRID.yaml mapping (named after the file unless it has a `name`)."""
     try:
         with open(path, encoding="utf-8") as f:
             spec = yaml.safe_load(f) or {}
-    except OSError as e:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise GridError(f"cannot read the grid file {path}: {e}") from e
     if not isinstance(spec, dict):
         raise GridError(f"{path} must hold a YAML mapping, found {type(spec).__name__}")
     spec.setdefault("name", os.path.splitext(os.path.basename(path))[0])
-    return expand_grid(spec)
+    return spec
+
+
+def load_grid(path, quick=False):
+    """Read GRID.yaml and expand it into cells (see the module docstring)."""
+    spec = read_grid_file(path)
+    return expand_grid(apply_quick(spec) if quick else spec)
 
 
 def expand_grid(spec):
@@ -179,15 +299,17 @@ def expand_grid(spec):
     shots = [int(k) for k in _as_list(spec.get("shots", 16), "shots")]
     seeds = [int(s) for s in _as_list(spec.get("seeds"), "seeds")]
     common_opts = _opts(spec.get("opts"), "opts")
-    resources = dict(spec.get("resources") or {})
-    _check_keys(resources, RESOURCE_KEYS, "resources")
-    env = {str(k): str(v) for k, v in (spec.get("env") or {}).items()}
-    datasets = [resolve_config("dataset", d) for d in _as_list(spec.get("datasets"), "datasets")]
+    resources = dict(_mapping(spec.get("resources"), "resources", RESOURCE_KEYS))
+    env = {str(k): str(v) for k, v in _mapping(spec.get("env"), "env").items()}
+    variants = _variants(spec)
+    summary = _summary(spec)
+    datasets = _datasets(spec)
     if {"fewshot", "base2new"} & set(protocols) and not datasets:
         raise GridError("protocols fewshot and base2new need `datasets`")
 
-    cells = {}
+    cells, trainer_names = {}, []
     for trainer, entry in _trainer_entries(spec):
+        trainer_names.append(trainer)
         configs = _as_list(entry.get("configs", spec.get("configs")), f"trainers.{trainer}.configs")
         if not configs:
             raise GridError(f"trainer {trainer} has no configs (give `configs` at the top or under the trainer)")
@@ -196,16 +318,28 @@ def expand_grid(spec):
         if not trainer_seeds:
             raise GridError(f"no seeds for trainer {trainer} (give `seeds` at the top or under the trainer)")
         opts = common_opts + _opts(entry.get("opts"), f"trainers.{trainer}.opts")
+        own = [str(v) for v in _as_list(entry.get("variants"), f"trainers.{trainer}.variants")]
+        unknown = [v for v in own if v not in variants]
+        if unknown:
+            raise GridError(f"trainers.{trainer}.variants names {unknown}, which the grid's `variants` section "
+                            f"does not define (it has: {', '.join(variants) or 'none'})")
+        if entry.get("variants") is None:
+            own = list(variants)  # a trainer that names no variants runs them all
+        elif variants and not own:
+            continue  # narrowed (--quick, --remedies) to none of this trainer's variants
         for cfg_name in configs:
             cfg, cfg_path = resolve_config("trainer", cfg_name, trainer)
             for gate in gates:
-                run_opts = opts + (["GATE.NAME", gate] if gate else [])
-                method = dict(trainer=trainer, cfg=cfg_label(cfg, gate), cfg_path=cfg_path, opts=run_opts)
-                for k in shots:
-                    for seed in trainer_seeds:
-                        for protocol in protocols:
-                            _add_cells(cells, spec, protocol, method, datasets, k, seed, output, data)
-    return Grid(name=str(spec["name"]), output=output, cells=list(cells.values()), resources=resources, env=env)
+                for variant in own or [""]:
+                    run_opts = opts + (["GATE.NAME", gate] if gate else []) + variants.get(variant, [])
+                    method = dict(trainer=trainer, cfg=cfg_label(cfg, gate, variant), cfg_path=cfg_path,
+                                  opts=run_opts)
+                    for k in shots:
+                        for seed in trainer_seeds:
+                            for protocol in protocols:
+                                _add_cells(cells, spec, protocol, method, datasets, k, seed, output, data)
+    return Grid(name=str(spec["name"]), output=output, cells=list(cells.values()), resources=resources, env=env,
+                summary=summary, trainers=trainer_names, variants=list(variants))
 
 
 def _add_cells(cells, spec, protocol, method, datasets, shots, seed, output, data):
@@ -220,25 +354,26 @@ def _add_cells(cells, spec, protocol, method, datasets, shots, seed, output, dat
 
     if protocol in ("fewshot", "base2new"):
         for dataset, dataset_path in datasets:
+            name = dataset_name_opts(dataset_path)
             train_phase = PHASES[protocol][0]
             train_dir = where(train_phase, dataset)
             cell = new_cell(train_dir)
             subsample = ["DATASET.SUBSAMPLE_CLASSES", "base"] if protocol == "base2new" else []
             cell.steps.append(Step(train_phase, dataset, train_dir,
                                    _base_argv(data, seed, trainer, cfg_path, dataset_path, train_dir),
-                                   opts + ["DATASET.NUM_SHOTS", str(shots)] + subsample))
+                                   opts + name + ["DATASET.NUM_SHOTS", str(shots)] + subsample))
             if protocol == "base2new":
                 test_dir = where("test_new", dataset)
                 cell.steps.append(Step("test_new", dataset, test_dir,
                                        _base_argv(data, seed, trainer, cfg_path, dataset_path, test_dir)
                                        + ["--eval-only", "--model-dir", train_dir],
-                                       opts + ["DATASET.NUM_SHOTS", str(shots), "DATASET.SUBSAMPLE_CLASSES", "new"],
+                                       opts + name + ["DATASET.NUM_SHOTS", str(shots),
+                                                      "DATASET.SUBSAMPLE_CLASSES", "new"],
                                        model_dir=train_dir))
         return
 
     # xd and dg: one training on the source, shared by both protocols, then one test per target.
-    settings = spec.get(protocol) or {}
-    _check_keys(settings, {"source", "targets"}, protocol)
+    settings = _mapping(spec.get(protocol), protocol, {"source", "targets"})
     source = str(settings.get("source", XD_SOURCE))
     targets = _as_list(settings.get("targets"), f"{protocol}.targets") or list(
         XD_TARGETS if protocol == "xd" else DG_TARGETS)
@@ -248,7 +383,7 @@ def _add_cells(cells, spec, protocol, method, datasets, shots, seed, output, dat
     if not cell.steps:
         cell.steps.append(Step("train", source_name, train_dir,
                                _base_argv(data, seed, trainer, cfg_path, source_path, train_dir),
-                               opts + ["DATASET.NUM_SHOTS", str(shots)]))
+                               opts + dataset_name_opts(source_path) + ["DATASET.NUM_SHOTS", str(shots)]))
     for target in targets:
         target_name, target_path = resolve_config("dataset", target)
         test_dir = where("test", target_name)
@@ -256,4 +391,5 @@ def _add_cells(cells, spec, protocol, method, datasets, shots, seed, output, dat
             continue
         cell.steps.append(Step("test", target_name, test_dir,
                                _base_argv(data, seed, trainer, cfg_path, target_path, test_dir)
-                               + ["--eval-only", "--model-dir", train_dir], list(opts), model_dir=train_dir))
+                               + ["--eval-only", "--model-dir", train_dir],
+                               opts + dataset_name_opts(target_path), model_dir=train_dir))

@@ -9,10 +9,11 @@ gatescope's layout (CoCoOp's base-to-new layout, extended to the other protocols
     <output>/xd/test/<target>/shots_<K>/<trainer>/<cfg>/seed<S>      (evaluated from xd/train)
     <output>/dg/test/<target>/shots_<K>/<trainer>/<cfg>/seed<S>      (domain generalisation, from xd/train)
 
-`<dataset>` is the dataset config's name (`configs/datasets/<dataset>.yaml`), `<cfg>` the trainer
-config's name; a run with a gate chosen by `GATE.NAME g` has `<cfg>@g`. `scripts/*.sh` write
-the same layout (keep the two in step). The parser also reads the layouts of the original code,
-so old runs can be summarised beside new ones:
+`<dataset>` is the dataset config's name (`configs/datasets/<dataset>.yaml`, or the label a grid
+gives it), `<cfg>` the trainer config's name; a run with a gate chosen by `GATE.NAME g` has
+`<cfg>@g`, and a run of a grid's named variant v (a set of options, e.g. a remedy) `<cfg>~v` or
+`<cfg>@g~v`. `scripts/*.sh` write the same layout (keep the two in step). The parser also reads
+the layouts of the original code, so old runs can be summarised beside new ones:
 
     <output>/<dataset>/<trainer>/<cfg>_<K>shots/<variant>/seed<S>   (CoOp's main.sh: few-shot)
     <output>/<dataset>/<trainer>/<cfg>_<K>shots/seed<S>             (CoCoOp / MaPLe: ImageNet training)
@@ -31,6 +32,8 @@ XD_TARGETS = ("caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "f
               "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101")
 DG_TARGETS = ("imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r")
 GATE_SEPARATOR = "@"
+# "+" would read better but occurs in real config names (IVLP's vit_b16_c2_ep5_batch4_2+2ctx).
+VARIANT_SEPARATOR = "~"
 
 
 @dataclass
@@ -46,14 +49,46 @@ class RunKey:
     seed: int
 
 
-def cfg_label(cfg, gate=""):
-    """The `<cfg>` folder name: the config's name, plus `@<gate>` when a gate is chosen."""
-    return f"{cfg}{GATE_SEPARATOR}{gate}" if gate else cfg
+@dataclass(frozen=True)
+class CfgLabel:
+    """A `<cfg>` folder name taken apart: `demo@mlp~gradnorm` -> ("demo", "mlp", "gradnorm")."""
+
+    config: str
+    gate: str = ""
+    variant: str = ""
+
+    def __str__(self):
+        return cfg_label(self.config, self.gate, self.variant)
 
 
-def strip_gate(label):
-    """The config's name of a `<cfg>` folder name (`demo@mlp` -> `demo`)."""
-    return label.split(GATE_SEPARATOR, 1)[0]
+def cfg_label(cfg, gate="", variant=""):
+    """The `<cfg>` folder name: the config's name, plus `@<gate>` when a gate is chosen and
+    `~<variant>` for a grid's named variant."""
+    label = f"{cfg}{GATE_SEPARATOR}{gate}" if gate else cfg
+    return f"{label}{VARIANT_SEPARATOR}{variant}" if variant else label
+
+
+def split_cfg_label(label):
+    """The `CfgLabel` of a `<cfg>` folder name (the inverse of `cfg_label`)."""
+    rest, _, variant = str(label).partition(VARIANT_SEPARATOR)
+    config, _, gate = rest.partition(GATE_SEPARATOR)
+    return CfgLabel(config, gate, variant)
+
+
+def phase_sibling(path, phase):
+    """The folder of the same run in another phase of its protocol (a base-to-new `train_base`
+    run's `test_new` partner, and back), or None when `path` is not in a phase folder of
+    gatescope's (and CoCoOp's) layout. Found by swapping the phase folder in the path, so
+    it works whatever part of the tree was handed to `gatescope summarize`."""
+    key = parse_run_dir(path)
+    if key is None or key.phase == phase or phase not in PHASES.get(key.protocol, ()):
+        return None
+    parts = os.path.normpath(os.path.abspath(path)).split(os.sep)
+    # <protocol>/<phase> followed by the 5 folders dataset/shots_K/trainer/cfg/seedS
+    if len(parts) < 7 or parts[-7:-5] != [key.protocol, key.phase]:
+        return None
+    parts[-6] = phase
+    return os.sep.join(parts)
 
 
 def run_dir(output, protocol, phase, dataset, shots, trainer, cfg, seed):

@@ -3,13 +3,21 @@
 Sources, in order of trust:
 - the folder's path, when it follows a known layout (`layout.parse_run_dir`), except for the
   trainer, which results.json names as it ran;
-- `results.json` (written by gatescope at every test): metadata and the test accuracy;
+- `results.json` (written by gatescope at every test): metadata, the test accuracy, the
+  trainer's parent (`parent_trainer`, for the "Δ vs parent" column), the count of skipped
+  non-finite steps (`nonfinite_skips`) and whether the parameters ended finite
+  (`finite_end_state`); each field is checked for its type and meaning (`check_record`);
 - `log.txt` (runs of the original CoOp code have only this): the `** Arguments **` and
   `** Config **` blocks for metadata, and Dassl's `=> result ... * accuracy: X%` block after
   `Finish training` (or anywhere in an `--eval-only` run) for the accuracy, as CoOp's
   `parse_test_res.py` reads it;
 - `diagnostics/summary.json`: the gates' verdicts and statistics (gated runs only);
 - `failures.jsonl` records written by `gatescope sweep`: why a run failed.
+
+A folder that cannot be read as a run is never an exception that stops a summary: it becomes a
+`Run` with status "damaged" and a reason naming the file and what is wrong with it; a fault
+that leaves the accuracy readable (a torn summary.json, a bad gate entry) is kept in the run's
+`notes` and the run still counts.
 
 Also a small command line for the protocol scripts:
     python -m trainers.tools.runs --complete DIR     (exit 0 when DIR holds a finished run)
@@ -18,6 +26,7 @@ Also a small command line for the protocol scripts:
 import argparse
 import glob
 import json
+import math
 import os
 import re
 import sys
@@ -45,30 +54,116 @@ _LAST_CHECKPOINT = re.compile(r"model\.pth\.tar-(\d+)")
 @dataclass
 class Run(RunKey):
     """One run folder, read: what it is (the `RunKey` fields, from its path or, for other layouts,
-    its files) and how it ended. `status` is "ok", "incomplete" or "failed"; `reason` says why not ok."""
+    its files) and how it ended.
+
+    `status`: "ok" (counted), "incomplete", "failed", "damaged" (a file that cannot be read as
+    it should) or "non-finite" (finished with non-finite parameters: its accuracy is not
+    averaged); `reason` says why not ok. `notes` lists what is wrong in a run that still counts."""
 
     path: str
     status: str
-    accuracy: float = None  # final test accuracy in %, None unless status is "ok"
+    accuracy: float = None  # final test accuracy in %, None unless status is "ok" or "non-finite"
     reason: str = ""
     source: str = ""  # "results.json", "log.txt" or "failures.jsonl"
     gates: dict = field(default_factory=dict)  # diagnostics/summary.json's "gates"
     eval_only: bool = False  # an --eval-only run (it trained nothing)
+    nonfinite_skips: int = 0  # optimizer steps skipped for non-finite values (TRAIN.NONFINITE skip)
+    parent: str = None  # results.json's `parent_trainer`: the ungated trainer this one extends
+    parent_known: bool = False  # whether results.json records the parent (runs before it did not)
+    notes: list = field(default_factory=list)
 
 
-# ------------------------------------------------------------------ completeness
-def read_results(path):
-    """`results.json` of a run folder as a dict, or None when absent or unreadable."""
+# ------------------------------------------------------------------ results.json: read and checked
+# The fields summarize reads -> the types they may have (bool is kept apart from int: JSON true
+# is not a seed; null: not known). Fields it does not read are not checked, so a writer may add its own.
+NULL = type(None)
+RECORD_TYPES = {
+    "trainer": (str,), "dataset": (str,), "subsample_classes": (str,), "seed": (int,), "num_shots": (int,),
+    "epoch": (int,), "max_epoch": (int,), "nonfinite_skips": (int, NULL), "eval_only": (bool,),
+    "finite_end_state": (bool, NULL), "parent_trainer": (str, NULL), "results": (dict,),
+}
+
+
+def _is_type(value, types):
+    if isinstance(value, bool) and bool not in types:
+        return False
+    return isinstance(value, types)
+
+
+def _type_name(value):
+    return "null" if value is None else type(value).__name__
+
+
+def check_record(record):
+    """What is wrong with a results.json record (a list of sentences; empty when it can be used).
+
+    Checked: each field summarize reads has its type (`RECORD_TYPES`); `results` maps each split
+    to an object whose `accuracy`, if there, is a number, and the test accuracy lies in [0, 100];
+    a training run (not `eval_only`) says `epoch` and `max_epoch`, without which nobody can tell
+    whether it finished; `nonfinite_skips` >= 0.
+    """
+    problems = []
+    for name, types in RECORD_TYPES.items():
+        if name in record and not _is_type(record[name], types):
+            expected = " or ".join("null" if t is NULL else t.__name__ for t in types)
+            problems.append(f"`{name}` is {_type_name(record[name])} {record[name]!r:.40}, expected {expected}")
+    if "results" not in record:
+        problems.append("no `results` field")
+    elif isinstance(record["results"], dict):
+        for split, metrics in record["results"].items():
+            if not isinstance(metrics, dict):
+                problems.append(f"`results.{split}` is {_type_name(metrics)}, expected an object of metrics")
+                continue
+            value = metrics.get("accuracy", 0)
+            if not _is_type(value, (int, float)):
+                problems.append(f"`results.{split}.accuracy` is {_type_name(value)} {value!r:.40}, expected a number")
+        accuracy = (record["results"].get("test") or {}) if isinstance(record["results"].get("test"), dict) else {}
+        value = accuracy.get("accuracy")
+        if _is_type(value, (int, float)) and not (math.isfinite(value) and 0 <= value <= 100):
+            problems.append(f"`results.test.accuracy` is {value}, outside 0..100")
+    if record.get("eval_only") is not True:
+        missing = [name for name in ("epoch", "max_epoch") if name not in record]
+        if missing:
+            problems.append(f"no {' or '.join(f'`{m}`' for m in missing)} field, so it cannot tell whether "
+                            "training finished")
+    if _is_type(record.get("nonfinite_skips"), (int,)) and record["nonfinite_skips"] < 0:
+        problems.append(f"`nonfinite_skips` is {record['nonfinite_skips']}, expected >= 0")
+    return problems
+
+
+def load_results(path):
+    """(record, problem) for a run folder's results.json: (None, None) when there is none;
+    (None, why) when it cannot be read, is not JSON, not an object or fails `check_record`."""
+    file = os.path.join(path, RESULTS_FILE)
+    if not os.path.lexists(file):
+        return None, None
     try:
-        with open(os.path.join(path, RESULTS_FILE), encoding="utf-8") as f:
-            record = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
+        with open(file, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        return None, f"{RESULTS_FILE} cannot be read: {e.strerror or e}"
+    except UnicodeDecodeError as e:
+        return None, f"{RESULTS_FILE} is not UTF-8 text (damaged file?): {e.reason} at byte {e.start}"
+    try:
+        record = json.loads(text)
+    except ValueError as e:
+        what = "is empty" if not text.strip() else f"is not valid JSON (a torn or damaged write?): {e}"
+        return None, f"{RESULTS_FILE} {what}"
+    if not isinstance(record, dict):
+        return None, f"{RESULTS_FILE} holds a JSON {_type_name(record)}, not an object"
+    problems = check_record(record)
+    if problems:
+        return None, f"{RESULTS_FILE}: " + "; ".join(problems)
+    return record, None
+
+
+def read_results(path):
+    """`results.json` of a run folder as a checked dict, or None when absent or unusable."""
+    return load_results(path)[0]
 
 
 def final_test_accuracy(record):
-    """The test accuracy of a finished run's results.json record, or None if it did not finish.
+    """The test accuracy of a finished run's (checked) results.json record, or None if it did not finish.
 
     Finished: a `test` result exists and either the run was `--eval-only` or it trained all
     `max_epoch` epochs (a killed run keeps the val results of earlier epochs, never a final test).
@@ -145,7 +240,8 @@ def _parse_config_block(text):
 
 
 def read_log(path):
-    """`parse_log` of the newest log of a run folder (None when it has none)."""
+    """`parse_log` of the newest log of a run folder (None when it has none). An unreadable log
+    raises OSError (read_run keeps that as a note)."""
     files = log_files(path)
     if not files:
         return None
@@ -154,11 +250,18 @@ def read_log(path):
 
 
 def is_complete(path):
-    """True when the run folder holds a finished run (results.json or, for old runs, log.txt)."""
-    record = read_results(path)
-    if record is not None:
-        return final_test_accuracy(record) is not None
-    log = read_log(path) if os.path.isdir(path) else None
+    """True when the run folder holds a finished run: a usable results.json with its final test
+    (a damaged one is not complete, so a sweep runs it again, which rewrites it), or for old
+    runs without one, a final `* accuracy:` in log.txt."""
+    if not os.path.isdir(path):
+        return False
+    if os.path.lexists(os.path.join(path, RESULTS_FILE)):
+        record, _ = load_results(path)
+        return record is not None and final_test_accuracy(record) is not None
+    try:
+        log = read_log(path)
+    except OSError:
+        return False
     return log is not None and log["accuracy"] is not None
 
 
@@ -187,15 +290,45 @@ def _config_get(config, section, key):
     return node.get(key) if isinstance(node, dict) else None
 
 
+# summary.json gate-entry fields the tables read, and their types.
+GATE_FIELDS = {"gate": (str,), "verdict": (str,), "rho_median": (int, float, NULL),
+               "input_std": (int, float, NULL), "delta_acc": (int, float, NULL)}
+
+
 def read_gates(path):
-    """`diagnostics/summary.json`'s per-gate entries ({} for ungated or undiagnosed runs)."""
+    """(gates, summary, notes) from `diagnostics/summary.json`: its per-gate entries ({} for
+    ungated or undiagnosed runs), the whole summary, and what is wrong with it. An entry that is
+    not a mapping is dropped; a field of the wrong type is removed from its entry; both noted."""
+    file = os.path.join(path, SUMMARY_FILE)
+    if not os.path.lexists(file):
+        return {}, None, []
     try:
-        with open(os.path.join(path, SUMMARY_FILE), encoding="utf-8") as f:
+        with open(file, encoding="utf-8") as f:
             summary = json.load(f)
-    except (OSError, ValueError):
-        return {}, None
-    gates = summary.get("gates") if isinstance(summary, dict) else None
-    return (gates if isinstance(gates, dict) else {}), summary
+    except OSError as e:
+        return {}, None, [f"{SUMMARY_FILE} cannot be read ({e.strerror or e}): its gates are not counted"]
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+        return {}, None, [f"{SUMMARY_FILE} is not valid JSON (torn or damaged: {e}): its gates are not counted"]
+    if not isinstance(summary, dict):
+        return {}, None, [f"{SUMMARY_FILE} holds a JSON {_type_name(summary)}, not an object: "
+                          "its gates are not counted"]
+    gates = summary.get("gates", {})
+    if not isinstance(gates, dict):
+        return {}, summary, [f"{SUMMARY_FILE}: `gates` is {_type_name(gates)}, not an object: "
+                             "its gates are not counted"]
+    kept, notes = {}, []
+    for place, entry in gates.items():
+        if not isinstance(entry, dict):
+            notes.append(f"{SUMMARY_FILE}: gate `{place}` is {_type_name(entry)}, not an object: not counted")
+            continue
+        entry = dict(entry)
+        for name, types in GATE_FIELDS.items():
+            if name in entry and not _is_type(entry[name], types):
+                notes.append(f"{SUMMARY_FILE}: gate `{place}` has `{name}` = {entry[name]!r:.40}, "
+                             f"not a {' or '.join(t.__name__ for t in types if t is not NULL)}: ignored")
+                del entry[name]
+        kept[str(place)] = entry
+    return kept, summary, notes
 
 
 def _protocol_from_fields(subsample, eval_only):
@@ -207,13 +340,26 @@ def _protocol_from_fields(subsample, eval_only):
     return "other", ""
 
 
+def _as_int(value, default):
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
 def read_run(path):
     """A `Run` for one folder holding results.json and/or a log (see the module docstring)."""
     path = os.path.abspath(path)
     key = parse_run_dir(path)
-    record = read_results(path)
-    log = read_log(path)
-    gates, summary = read_gates(path)
+    record, problem = load_results(path)
+    notes = []
+    try:
+        log = read_log(path)
+    except OSError as e:
+        log = None
+        notes.append(f"{LOG_PREFIX} cannot be read: {e.strerror or e}")
+    gates, summary, gate_notes = read_gates(path)
+    notes += gate_notes
     args = (log or {}).get("args", {})
     config = (log or {}).get("config", {})
     record_or_empty = record or {}
@@ -227,11 +373,12 @@ def read_run(path):
     seed = _value(key and key.seed, record_or_empty.get("seed"), args.get("seed"), config.get("SEED"), default=-1)
     shots = _value(key and key.shots, record_or_empty.get("num_shots"),
                    _config_get(config, "DATASET", "NUM_SHOTS"), default=-1)
-    config_file = args.get("config_file", "")
-    cfg = _value(key and key.cfg, (summary or {}).get("config_name"),
+    config_file = str(args.get("config_file", ""))
+    config_name = (summary or {}).get("config_name")
+    cfg = _value(key and key.cfg, config_name if isinstance(config_name, str) else None,
                  os.path.splitext(os.path.basename(config_file))[0] if config_file not in ("", "None") else "",
                  default="-")
-    eval_only = bool(record_or_empty.get("eval_only")) or str(args.get("eval_only")).lower() == "true"
+    eval_only = record_or_empty.get("eval_only") is True or str(args.get("eval_only")).lower() == "true"
     if key is not None:
         protocol, phase = key.protocol, key.phase
     else:
@@ -239,57 +386,88 @@ def read_run(path):
                            _config_get(config, "DATASET", "SUBSAMPLE_CLASSES"), default="all")
         protocol, phase = _protocol_from_fields(subsample, eval_only)
 
+    run = Run(path=path, protocol=protocol, phase=phase, dataset=str(dataset), trainer=str(trainer),
+              cfg=str(cfg), shots=_as_int(shots, -1), seed=_as_int(seed, -1), status="ok", gates=gates,
+              eval_only=eval_only, notes=notes,
+              nonfinite_skips=record_or_empty.get("nonfinite_skips") or 0,
+              parent=record_or_empty.get("parent_trainer"), parent_known="parent_trainer" in record_or_empty)
+    if problem is not None:
+        run.status, run.reason, run.source = "damaged", problem, RESULTS_FILE
+        return run
     if record is not None:
-        accuracy, source = final_test_accuracy(record), RESULTS_FILE
+        run.accuracy, run.source = final_test_accuracy(record), RESULTS_FILE
     else:
-        accuracy, source = (log or {}).get("accuracy"), LOG_PREFIX
-    status, reason = "ok", ""
-    if accuracy is None:
+        run.accuracy, run.source = (log or {}).get("accuracy"), LOG_PREFIX
+    if run.accuracy is None:
         last_line = (log or {}).get("last_line", "")
         failed = bool(re.search(r"Error|Traceback|Killed", last_line))
-        status = "failed" if failed else "incomplete"
+        run.status = "failed" if failed else "incomplete"
         if failed:
-            reason = f"log ends with: {last_line}"
+            run.reason = f"log ends with: {last_line}"
         elif record is not None:
-            reason = (f"results.json has no final test (epoch {record.get('epoch')} of "
-                      f"{record.get('max_epoch')}); last log line: {last_line or '-'}")
+            run.reason = (f"results.json has no final test (epoch {record.get('epoch')} of "
+                          f"{record.get('max_epoch')}); last log line: {last_line or '-'}")
         else:
-            reason = f"log.txt has no final '* accuracy:' result; last line: {last_line or '-'}"
-    return Run(path=path, protocol=protocol, phase=phase, dataset=str(dataset), trainer=str(trainer),
-               cfg=str(cfg), shots=int(shots), seed=int(seed), status=status, accuracy=accuracy,
-               reason=reason, source=source, gates=gates, eval_only=eval_only)
+            run.reason = f"log.txt has no final '* accuracy:' result; last line: {last_line or '-'}"
+    elif record_or_empty.get("finite_end_state") is False:
+        run.status = "non-finite"
+        run.reason = (f"training ended with non-finite parameters ({run.nonfinite_skips} non-finite step(s) "
+                      f"skipped): its test accuracy {run.accuracy:.2f} is not averaged")
+    elif run.nonfinite_skips:
+        run.notes.append(f"{run.nonfinite_skips} non-finite step(s) skipped (TRAIN.NONFINITE skip); "
+                         "ended finite, so it is counted")
+    return run
 
 
 def is_run_folder(path):
-    return os.path.isfile(os.path.join(path, RESULTS_FILE)) or bool(log_files(path))
+    try:
+        return os.path.lexists(os.path.join(path, RESULTS_FILE)) or bool(log_files(path))
+    except OSError:  # an unlistable folder: reported by read_run as damaged
+        return True
 
 
 def read_failures(root):
-    """Failure records of `gatescope sweep` under `root` (every `failures.jsonl`), by output folder.
+    """Failure records of `gatescope sweep` under `root` (every `failures.jsonl`), by output folder,
+    and the `Run`s ("damaged") of lines that are not such records.
 
     Only records of runs inside `root` count, so summarising one dataset's folder does not list
     another dataset's failures.
     """
-    root, failures = os.path.abspath(root), {}
+    root, failures, damaged = os.path.abspath(root), {}, []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if d not in RUN_SUBFOLDERS]
         if FAILURES_FILE not in filenames:
             continue
-        with open(os.path.join(dirpath, FAILURES_FILE), encoding="utf-8") as f:
-            for line in f:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                if not isinstance(record, dict) or not record.get("output_dir"):
-                    continue
-                output_dir = os.path.abspath(record["output_dir"])
-                if output_dir == root or output_dir.startswith(root + os.sep):
-                    failures[output_dir] = record
-    return failures
+        file = os.path.join(dirpath, FAILURES_FILE)
+        try:
+            with open(file, encoding="utf-8", errors="replace") as f:
+                lines = f.readlines()
+        except OSError as e:
+            damaged.append(_damaged_file(file, f"cannot be read: {e.strerror or e}"))
+            continue
+        for number, line in enumerate(lines, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as e:
+                damaged.append(_damaged_file(file, f"line {number} is not JSON (torn write?): {e}"))
+                continue
+            if not isinstance(record, dict) or not isinstance(record.get("output_dir"), str):
+                damaged.append(_damaged_file(file, f"line {number} is not a failure record (an object with "
+                                                   "`output_dir`)"))
+                continue
+            output_dir = os.path.abspath(record["output_dir"])
+            if output_dir == root or output_dir.startswith(root + os.sep):
+                failures[output_dir] = record
+    return failures, damaged
+
+
+def _damaged_file(path, reason):
+    """A Run standing for a file that is not a run (a sweep's failures.jsonl) but is damaged."""
+    return Run(protocol="other", phase="", dataset="?", trainer="?", cfg="-", shots=-1, seed=-1, path=path,
+               status="damaged", reason=f"{os.path.basename(path)} {reason}", source=FAILURES_FILE)
 
 
 def failure_reason(record):
@@ -311,7 +489,8 @@ def read_runs(paths, failures=None):
 
     A run that did not finish gets its recorded error as the reason; a recorded failure with no
     run folder (a run that died before its log was opened, e.g. on a bad config) is listed as a
-    failed run; a path that is neither is an incomplete run ("not run").
+    failed run; a path that is neither is an incomplete run ("not run"). A folder that cannot be
+    read at all is a "damaged" run saying why; reading goes on with the next.
     """
     failures = failures or {}
     runs = []
@@ -319,8 +498,13 @@ def read_runs(paths, failures=None):
         path = os.path.abspath(path)
         record = failures.get(path)
         if os.path.isdir(path) and is_run_folder(path):
-            run = read_run(path)
-            if record is not None and run.status != "ok":
+            try:
+                run = read_run(path)
+            except Exception as e:  # noqa: BLE001 - one unreadable folder must not stop the others
+                run = _failed_run(path, {})
+                run.status, run.source = "damaged", ""
+                run.reason = f"cannot be read as a run: {type(e).__name__}: {e}"
+            if record is not None and run.status not in ("ok", "damaged", "non-finite"):
                 run.status, run.reason = "failed", failure_reason(record)
         elif record is not None:
             run = _failed_run(path, record)
@@ -333,7 +517,8 @@ def read_runs(paths, failures=None):
 
 def find_runs(root):
     """Every run under `root` (a run folder itself, or any folder above runs), sorted by path,
-    with the failure records of sweeps under `root` merged in (see `read_runs`)."""
+    with the failure records of sweeps under `root` merged in (see `read_runs`) and damaged
+    failure records listed as damaged runs."""
     root = os.path.abspath(root)
     if not os.path.isdir(root):
         raise FileNotFoundError(f"{root} is not a folder of runs")
@@ -342,8 +527,8 @@ def find_runs(root):
         dirnames[:] = sorted(d for d in dirnames if d not in RUN_SUBFOLDERS)
         if is_run_folder(dirpath):
             folders.append(dirpath)
-    failures = read_failures(root)
-    return read_runs(sorted(set(folders) | set(failures)), failures)
+    failures, damaged = read_failures(root)
+    return read_runs(sorted(set(folders) | set(failures)), failures) + damaged
 
 
 def main(argv=None):

@@ -8,32 +8,43 @@
   grid's `resources` (num_cpus, num_gpus; `--cpus-per-run`, `--gpus-per-run`). Inside it each
   step is `python -m trainers.cli train ...` in a subprocess, so a crash, an abort or an
   out-of-memory kill of one run never takes the driver or other runs down. A step's console
-  output goes to `<run>/sweep_output.txt`.
+  output goes to `<run>/sweep_output.txt`. The subprocess leads a process group of its own: a
+  timeout (`resources.timeout_s`) or a cancel (Ctrl-C of the sweep; Ray's `ray.cancel`, which
+  raises KeyboardInterrupt in the task) ends the whole group (SIGTERM, then SIGKILL after
+  `KILL_GRACE_S`), so no process that train.py started outlives its step. (Ray itself, when it
+  stops a worker, kills only the worker's direct children.)
 - Finished runs (complete results.json, or a final `* accuracy:` in an old log) are skipped, also
   step by step inside a run, so rerunning a sweep starts only what is missing.
 - A failed step is recorded with the tail of its output in `<output>/sweeps/<name>/failures.jsonl`
   (rewritten by each sweep: it lists the failures of the latest sweep) and the rest go on; a
   failed training stops the later steps of its own run only.
 - A tqdm bar shows done / running / failed / skipped; at the end the summary tables of the
-  grid's runs are printed (`gatescope summarize` on exactly those runs).
+  grid's runs are printed (`gatescope summarize` on exactly those runs, with the tables and
+  options of the grid's `summary` section).
 """
 import argparse
+import contextlib
 import datetime
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 
 from .grid import GridError, Step, load_grid
 from .runs import FAILURES_FILE, is_complete, last_epoch, read_runs
-from .summarize import summarize_runs
+from .summarize import SummaryOptions, summarize_runs
 from .tables import FORMATS, render
 
 STEP_OUTPUT = "sweep_output.txt"
 ERROR_TAIL_LINES = 30
+# Seconds a step's process group gets after SIGTERM (train.py then writes its diagnostics and
+# says how to resume) before SIGKILL ends whatever is left of it.
+KILL_GRACE_S = 10.0
 RAY_MISSING = ("gatescope sweep runs on Ray, which is not installed: pip install 'gatescope[sweep]' "
                "(or pip install ray)")
 
@@ -66,9 +77,29 @@ def _tail(path, lines=ERROR_TAIL_LINES):
         return ""
 
 
+def kill_process_group(process, grace_s=None):
+    """End `process` and every process in its group (it was started as a group leader): SIGTERM,
+    up to `grace_s` seconds for the leader to exit, then SIGKILL to the group, which also reaches
+    children that outlived the leader. Returns the leader's exit status."""
+    grace_s = KILL_GRACE_S if grace_s is None else grace_s
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass  # the group has no process left
+        if sig == signal.SIGTERM:
+            try:
+                process.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                pass
+    return process.wait()
+
+
 def run_step(step, env=None, timeout_s=None, cwd=None):
     """Run one step unless it already finished. Returns a dict with its status and, if it failed,
-    its return code, command and the tail of its output."""
+    its return code, command and the tail of its output. On a timeout, and when the caller is
+    interrupted (KeyboardInterrupt, SystemExit: a cancelled task), the step's whole process group
+    is ended first (see `kill_process_group`)."""
     result = {"phase": step.phase or "train", "output_dir": step.output_dir}
     if is_complete(step.output_dir):
         return {**result, "status": "skipped"}
@@ -83,13 +114,20 @@ def run_step(step, env=None, timeout_s=None, cwd=None):
     with open(output_path, "w", encoding="utf-8") as out:
         out.write(f"$ {shlex.join(command)}\n")
         out.flush()
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=run_env,
+                                   cwd=cwd if cwd and os.path.isdir(cwd) else None, start_new_session=True)
         try:
-            returncode = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=run_env,
-                                        cwd=cwd if cwd and os.path.isdir(cwd) else None,
-                                        timeout=timeout_s).returncode
+            # With a timeout, wait() polls (sleeps of <= 50 ms); a blocking waitpid would never
+            # see Ray's cancel, which arrives by _thread.interrupt_main and wakes no system call.
+            returncode = process.wait(timeout=timeout_s if timeout_s is not None else threading.TIMEOUT_MAX)
         except subprocess.TimeoutExpired:
+            kill_process_group(process)
             returncode = "timeout"
-            out.write(f"\ngatescope sweep: killed after timeout_s={timeout_s} s\n")
+            out.write(f"\ngatescope sweep: stopped after timeout_s={timeout_s} s (its process group was ended)\n")
+        except BaseException:
+            kill_process_group(process)
+            out.write("\ngatescope sweep: cancelled (its process group was ended)\n")
+            raise
     if returncode == 0 and is_complete(step.output_dir):
         return {**result, "status": "ok"}
     tail = _tail(output_path)
@@ -184,7 +222,7 @@ def run_sweep(grid, address=None, num_cpus=None, cpus_per_run=None, gpus_per_run
         bar = tqdm(total=report.total, initial=len(report.skipped), desc=f"sweep {grid.name}", unit="run",
                    disable=not progress, file=sys.stderr)
         done_ids, shown = set(), None
-        with bar, open(report.failures_path, "a", encoding="utf-8") as failures:
+        with bar, open(report.failures_path, "a", encoding="utf-8") as failures, _cancel_on_interrupt(ray, pending):
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
                 for ref in ready:
@@ -217,6 +255,22 @@ def run_sweep(grid, address=None, num_cpus=None, cpus_per_run=None, gpus_per_run
     return report
 
 
+@contextlib.contextmanager
+def _cancel_on_interrupt(ray, pending):
+    """On Ctrl-C (or any error) in the driver: cancel the tasks still pending, which raises
+    KeyboardInterrupt inside each running one, so `run_step` ends its step's process group; wait
+    for that before Ray is shut down (a worker killed by the shutdown could not do it)."""
+    try:
+        yield
+    except BaseException:
+        refs = list(pending)
+        for ref in refs:
+            ray.cancel(ref)
+        if refs:
+            ray.wait(refs, num_returns=len(refs), timeout=KILL_GRACE_S + 5)
+        raise
+
+
 def grid_runs(grid, report=None):
     """The `Run`s of every step of the grid, with this sweep's failures merged in."""
     failures = {os.path.abspath(r["output_dir"]): r for r in (report.failed if report else [])}
@@ -236,40 +290,37 @@ def describe(grid):
     return "\n".join(lines)
 
 
-def build_parser(prog="gatescope sweep"):
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
-    parser.add_argument("grid", metavar="GRID.yaml", help="the study grid (see trainers/tools/grid.py)")
+def add_run_arguments(parser):
+    """The flags of where and how a grid runs, shared by `gatescope sweep` and `gatescope study`."""
     parser.add_argument("--address", default=None,
                         help="Ray cluster to run on (default: $RAY_ADDRESS, else a local Ray on this machine)")
     parser.add_argument("--num-cpus", type=int, default=None,
                         help="CPUs of the local Ray instance (default: all of this machine's)")
     parser.add_argument("--cpus-per-run", type=float, default=None, help="CPUs per run (default: the grid's, else 1)")
     parser.add_argument("--gpus-per-run", type=float, default=None, help="GPUs per run (default: the grid's, else 0)")
-    parser.add_argument("--dry-run", action="store_true", help="print the commands of every run and exit")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--format", default="plain", choices=FORMATS, help="format of the final summary tables")
-    return parser
+    parser.add_argument("--format", default="plain", choices=FORMATS, help="format of the summary tables")
 
 
-def sweep_main(argv=None, prog="gatescope sweep"):
-    args = build_parser(prog).parse_args(argv)
-    try:
-        grid = load_grid(args.grid)
-    except GridError as e:
-        print(f"{prog}: {e}", file=sys.stderr)
-        return 2
-    if args.dry_run:
-        print(describe(grid))
-        return 0
-    started = time.time()
-    try:
-        report = run_sweep(grid, args.address, args.num_cpus, args.cpus_per_run, args.gpus_per_run,
-                           progress=not args.no_progress)
-    except RuntimeError as e:
-        print(f"{prog}: {e}", file=sys.stderr)
-        return 2
-    tables = summarize_runs(grid_runs(grid, report))
+def run_and_report(grid, args, prog, tables_only=False):
+    """Run the grid's unfinished cells (unless `tables_only`), print its summary tables and what
+    happened. Returns the exit status: 0 all finished, 1 some failed, 2 no Ray, 130 interrupted."""
+    started, report = time.time(), None
+    if not tables_only:
+        try:
+            report = run_sweep(grid, args.address, args.num_cpus, args.cpus_per_run, args.gpus_per_run,
+                               progress=not args.no_progress)
+        except RuntimeError as e:
+            print(f"{prog}: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f"\n{prog}: interrupted; the runs in progress were stopped. The same command continues "
+                  "where it stopped (finished runs are skipped).", file=sys.stderr)
+            return 130
+    tables = summarize_runs(grid_runs(grid, report), options=SummaryOptions.from_grid(grid))
     print("\n\n".join(render(table, args.format) for table in tables))
+    if report is None:
+        return 0
     failed_cells = sorted({r["cell"] for r in report.failed})
     print(f"\nsweep {grid.name}: {report.total} runs; {len(report.skipped)} already finished, "
           f"{len(report.finished)} finished now, {len(failed_cells)} failed "
@@ -280,6 +331,28 @@ def sweep_main(argv=None, prog="gatescope sweep"):
     if report.failed:
         print(f"  details: {report.failures_path}")
     return 1 if report.failed else 0
+
+
+def build_parser(prog="gatescope sweep"):
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
+    parser.add_argument("grid", metavar="GRID.yaml", help="the study grid (see trainers/tools/grid.py)")
+    add_run_arguments(parser)
+    parser.add_argument("--quick", action="store_true", help="apply the grid's `quick` section (a smoke run)")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands of every run and exit")
+    return parser
+
+
+def sweep_main(argv=None, prog="gatescope sweep"):
+    args = build_parser(prog).parse_args(argv)
+    try:
+        grid = load_grid(args.grid, quick=args.quick)
+    except GridError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(describe(grid))
+        return 0
+    return run_and_report(grid, args, prog)
 
 
 if __name__ == "__main__":

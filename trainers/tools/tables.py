@@ -48,6 +48,16 @@ class Table:
     note: str = ""
 
 
+def drop_empty_columns(table, names):
+    """`table` without those of the columns `names` whose cells are all None (optional columns,
+    such as flags that no row has). Returns the same table, changed in place."""
+    empty = [j for j, name in enumerate(table.headers) if name in names and all(row[j] is None for row in table.rows)]
+    if empty:
+        table.headers = [h for j, h in enumerate(table.headers) if j not in empty]
+        table.rows = [[c for j, c in enumerate(row) if j not in empty] for row in table.rows]
+    return table
+
+
 def latex_escape(text):
     return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
 
