@@ -280,7 +280,8 @@ def test_maple_deep_projections_start_as_the_reference_clones(demo_root, tmp_pat
     for layer in learner.compound_prompt_projections:
         torch.testing.assert_close(layer.weight, single.weight, rtol=0, atol=0)
         torch.testing.assert_close(layer.bias, single.bias, rtol=0, atol=0)
-    assert learner.compound_prompt_projections[0].weight.data_ptr() != learner.compound_prompt_projections[1].weight.data_ptr()
+    first, second = learner.compound_prompt_projections[:2]
+    assert first.weight.data_ptr() != second.weight.data_ptr()  # copies, not one shared layer
 
 
 # ------------------------------------------------------------------ optimizer
@@ -351,7 +352,7 @@ def test_param_matched_budget_hand_computed():
 def test_param_matched_is_maple_plus_a_context_buffer_without_coupling(demo_root, tmp_path):
     trainer = build(demo_root, tmp_path, "ParamMatched", shape("PARAM_MATCHED", 4, 3))
     learner = trainer.model.prompt_learner
-    assert not trainer.gate_heads if hasattr(trainer, "gate_heads") else True
+    assert not hasattr(trainer, "gate_heads")  # no gate: a control, not a gated trainer
     mlp = learner.param_buffer_mlp
     assert [type(m) for m in mlp] == [nn.Linear, nn.ReLU, nn.Linear] and mlp[0].out_features == 64
     learner.train()
@@ -398,7 +399,8 @@ def test_study_gate_flags_set_the_coop_and_cocoop_keys(demo_root, tmp_path):
     lr = cfg.OPTIM.LR  # the demo YAML's
     for node in ("COOP", "COCOOP"):
         c = cfg.TRAINER[node]
-        assert (c.USE_GATE, c.GATE_TYPE, c.GATE_REG_LAMBDA, c.EQUALIZE_GRAD, c.ALPHA_MAX) == (True, "vector", 0.2, True, 5.0)
+        assert (c.USE_GATE, c.GATE_TYPE, c.GATE_REG_LAMBDA, c.EQUALIZE_GRAD, c.ALPHA_MAX) == \
+            (True, "vector", 0.2, True, 5.0)
         assert c.GATE_LR_MUL == pytest.approx(0.07 / lr)
     assert cfg.TRAINER.COCOOP.GATE_MODE == "conditional"
     assert cfg.TRAINER.NAME == "CoOpGated" and cfg.GATE.TARGET == "token_dim"

@@ -110,7 +110,8 @@ def resolve_study_controls(cfg):
         c = cfg.TRAINER.ADAPTIVE_FREEZE_EARLY
         if c.FREEZE_EPOCH < 0:
             raise ValueError(f"TRAINER.ADAPTIVE_FREEZE_EARLY.FREEZE_EPOCH must be >= 0, got {c.FREEZE_EPOCH}")
-        set_study_key(cfg, "REMEDY.FREEZE.AFTER_EPOCH", int(c.FREEZE_EPOCH), "TRAINER.ADAPTIVE_FREEZE_EARLY.FREEZE_EPOCH")
+        set_study_key(cfg, "REMEDY.FREEZE.AFTER_EPOCH", int(c.FREEZE_EPOCH),
+                      "TRAINER.ADAPTIVE_FREEZE_EARLY.FREEZE_EPOCH")
     elif name == "AdaptiveAlwaysFrozen":
         source = "TRAINER.ADAPTIVE_ALWAYS_FROZEN"
         set_study_key(cfg, "REMEDY.FREEZE.ALWAYS", True, source)

@@ -74,9 +74,11 @@ class ParamMatchedPromptLearner(BiDirMaPLePromptLearner):
         if depth > min(text_layers, vision_layers):
             raise ValueError(f"TRAINER.PARAM_MATCHED: matching the adaptive model's parameter count takes {extra} "
                              f"deep-prompt layers beyond FIXED_PROMPT_DEPTH {c.FIXED_PROMPT_DEPTH}, more than the "
-                             f"tower's {min(text_layers, vision_layers)} layers; raise FIXED_N_CTX or FIXED_PROMPT_DEPTH")
+                             f"tower's {min(text_layers, vision_layers)} layers; raise FIXED_N_CTX or "
+                             "FIXED_PROMPT_DEPTH")
         super().__init__(backbone, classnames, c.FIXED_N_CTX, c.CTX_INIT, depth, c.BIDIRECTIONAL,
-                         c.MAPPING_HIDDEN_DIM_RATIO, shallow_vision=c.SHALLOW_VISION_PROMPT, cycle_on="raw", couple_deep=False)
+                         c.MAPPING_HIDDEN_DIM_RATIO, shallow_vision=c.SHALLOW_VISION_PROMPT, cycle_on="raw",
+                         couple_deep=False)
         self.extra_layers = extra
         width, dtype = backbone.ctx_dim, backbone.dtype
         self.param_buffer_mlp = nn.Sequential(
