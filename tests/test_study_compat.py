@@ -431,3 +431,22 @@ def test_zeroshot_clip_logits_hand_computed(demo_root, tmp_path, name):
         torch.testing.assert_close(trainer.model_inference(images), hand)
     with pytest.raises(RuntimeError, match="--eval-only"):
         trainer.train()
+
+
+@pytest.mark.parametrize("trainer_name,node", [("AdaptiveBiDirMaPLe", "ADAPTIVE_BIDIR_MAPLE"),
+                                               ("AdaptiveMaPLe", "ADAPTIVE_MAPLE")])
+def test_the_study_s_trainable_visual_ln_post_is_a_switch(demo_root, tmp_path, trainer_name, node):
+    """The study's prompt learner holds the image encoder's ln_post (`shared_proj_out`), so it is
+    trained with the prompts; here only with TRAIN_VISUAL_LN_POST (the backbone stays frozen by default)."""
+    frozen = build(demo_root, tmp_path / "f", trainer_name, shape(node, 2, 2))
+    assert not any(p.requires_grad for p in frozen.model.backbone.parameters())
+    trainer = build(demo_root, tmp_path / "t", trainer_name, shape(node, 2, 2),
+                    (f"TRAINER.{node}.TRAIN_VISUAL_LN_POST", True))
+    ln_post = trainer.model.backbone.clip.visual.ln_post
+    prompt_group = {id(p) for g in trainer.optim.param_groups if g["name"] == "prompt" for p in g["params"]}
+    assert {id(ln_post.weight), id(ln_post.bias)} <= prompt_group
+    assert {"shared_proj_out.weight", "shared_proj_out.bias"} <= set(trainer.model.prompt_learner.state_dict())
+    trainer.set_model_mode("train")
+    images, labels = fixed_batch(trainer, 2)
+    (grad,) = torch.autograd.grad(F.cross_entropy(trainer.model(images), labels), [ln_post.weight])
+    assert grad.abs().sum() > 0

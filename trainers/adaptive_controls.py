@@ -27,7 +27,7 @@ docs/coming_from_the_study.md says what changed.
 """
 from yacs.config import CfgNode as CN
 
-from .adaptive_maple import AdaptiveBiDirMaPLe, add_adaptive_keys, add_bidir_keys
+from .adaptive_maple import AdaptiveBiDirMaPLe, add_bidir_keys, add_gated_keys
 from .engine import TRAINER_REGISTRY
 from .study_keys import set_study_key
 
@@ -35,7 +35,7 @@ IMPROVED_GATE_WARMUP_EPOCHS = 2  # the study's ImprovedAdaptiveBiDirMaPLe: gates
 
 
 def add_control_keys(node):
-    add_adaptive_keys(node)
+    add_gated_keys(node)
     add_bidir_keys(node)
 
 

@@ -53,6 +53,14 @@ def add_adaptive_keys(node):
     node.FIXED_PROMPT_DEPTH = 6  # prompt depth when the depth is not gated (length_only)
 
 
+def add_gated_keys(node):
+    """Keys of the adaptive (gated) nodes only."""
+    add_adaptive_keys(node)
+    # True: the image encoder's final LayerNorm (ln_post) is trained with the prompts, as in the
+    # study's AdaptiveMaPLe / AdaptiveBiDirMaPLe, whose prompt learner holds it (`shared_proj_out`).
+    node.TRAIN_VISUAL_LN_POST = False
+
+
 def add_bidir_keys(node):
     """The BiDirMaPLe keys of the study's adaptive BiDir nodes (no cycle warm-up there)."""
     node.BIDIRECTIONAL = True
@@ -131,18 +139,23 @@ def adaptive_shape(c):
     return n_ctx, depth, c.TYPE != "depth_only", c.TYPE != "length_only"
 
 
-def build_adaptive_gates(learner, c, build_gate, depth_gates_text):
+def build_adaptive_gates(learner, c, build_gate, depth_gates_text, backbone):
     n_ctx, depth, gate_length, gate_depth = adaptive_shape(c)
     learner.length_gate = build_gate(n_ctx, 1, "length") if gate_length else None
     learner.depth_gate = build_gate(depth - 1, 1, "depth") if gate_depth and depth > 1 else None
     learner.depth_gates_text = depth_gates_text
+    if c.TRAIN_VISUAL_LN_POST:
+        # The study's learners keep `self.shared_proj_out = clip_model.visual.ln_post` (never used
+        # in their forward): being inside the prompt learner, it is trained with the prompts.
+        learner.shared_proj_out = backbone.clip.visual.ln_post
+        learner.shared_proj_out.requires_grad_(True)
 
 
 class AdaptiveMaPLePromptLearner(AdaptiveGates, MaPLePromptLearner):
     def __init__(self, backbone, classnames, c, build_gate):
         n_ctx, depth, _, _ = adaptive_shape(c)
         super().__init__(backbone, classnames, n_ctx, c.CTX_INIT, depth)
-        build_adaptive_gates(self, c, build_gate, depth_gates_text=True)
+        build_adaptive_gates(self, c, build_gate, depth_gates_text=True, backbone=backbone)
 
     def gated_prompts(self, g_len):
         """The study's AdaptiveMaPLe: the text tower gets the gated shallow context and the
@@ -162,7 +175,7 @@ class AdaptiveBiDirMaPLePromptLearner(AdaptiveGates, BiDirMaPLePromptLearner):
         n_ctx, depth, _, _ = adaptive_shape(c)
         super().__init__(backbone, classnames, n_ctx, c.CTX_INIT, depth, c.BIDIRECTIONAL, c.MAPPING_HIDDEN_DIM_RATIO,
                          shallow_vision=c.SHALLOW_VISION_PROMPT, cycle_on="coupled")
-        build_adaptive_gates(self, c, build_gate, depth_gates_text)
+        build_adaptive_gates(self, c, build_gate, depth_gates_text, backbone)
 
 
 class AdaptiveTrainer(GatedTrainer):
@@ -189,7 +202,7 @@ class AdaptiveMaPLe(AdaptiveTrainer, MaPLe):
     @staticmethod
     def add_config(cfg):
         cfg.TRAINER.ADAPTIVE_MAPLE = CN()
-        add_adaptive_keys(cfg.TRAINER.ADAPTIVE_MAPLE)
+        add_gated_keys(cfg.TRAINER.ADAPTIVE_MAPLE)
 
     def build_custom_clip(self, cfg, classnames, backbone):
         _ = self.gate_cond
@@ -209,7 +222,7 @@ class AdaptiveBiDirMaPLe(AdaptiveTrainer, BiDirMaPLe):
     def add_config(cfg):
         cfg.TRAINER.ADAPTIVE_BIDIR_MAPLE = CN()
         node = cfg.TRAINER.ADAPTIVE_BIDIR_MAPLE
-        add_adaptive_keys(node)
+        add_gated_keys(node)
         add_bidir_keys(node)
         add_improved_keys(node)
 
