@@ -141,6 +141,9 @@ def test_a_depth_gate_off_at_test_keeps_the_carried_tokens(demo_root, tmp_path):
         from trainers.backbone import DeepPrompts
         hand = backbone.encode_image(images, prompts.vision, DeepPrompts(prompts.vision_deep[:1]))
         torch.testing.assert_close(trainer.model.image_features(images, prompts), hand)
+        learner.depth_gate.override = torch.tensor([0.5, 0.5])  # a probe's soft value scales, as in training
+        assert learner().gate_mode == "scale"
+        learner.depth_gate.override = None
     learner.train()
     assert learner().gate_mode == "scale"
 

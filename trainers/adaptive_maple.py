@@ -109,8 +109,10 @@ class AdaptiveGates:
 
     def depth_gate_mode(self):
         """"scale" (w * prompt) in training and with soft test gates; with hard test gates,
-        "blend": a layer whose gate is 1 gets its prompt, one whose gate is 0 keeps the carried tokens."""
-        if self.training or self.depth_gate.test_mode == "soft":
+        "blend": a layer whose gate is 1 gets its prompt, one whose gate is 0 keeps the carried
+        tokens. A value imposed by a probe (`override`, not thresholded) scales, as in training."""
+        head = self.depth_gate
+        if self.training or head.test_mode == "soft" or head.override is not None:
             return "scale"
         return "blend"
 
