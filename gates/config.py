@@ -8,7 +8,9 @@ def add_gate_config(cfg):
     cfg.GATE.TARGET = ""  # what the gate controls; each gated trainer lists its targets; "" = default
     cfg.GATE.COND = ""  # conditioning signal; each gated trainer lists its own; "" = default
     cfg.GATE.LR_MULT = 1.0  # learning-rate multiplier of the "gate" parameter group
-    cfg.GATE.TEST_MODE = "soft"  # soft: gate values as trained; hard: thresholded / one-hot
+    # soft: gate values as trained; hard: thresholded / one-hot; "" = the trainer's default (soft,
+    # except the study's adaptive trainers: hard, as the study's code)
+    cfg.GATE.TEST_MODE = ""
     cfg.GATE.THRESHOLD = 0.5  # hard mode: a mask value above this keeps its option
     cfg.GATE.POOL_SIZE = 4  # number of prompts of a "pool" target
     cfg.GATE.REG_SPARSITY = 0.0  # lambda * sum of gate values (batch mean) added to the loss

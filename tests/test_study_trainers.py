@@ -37,8 +37,11 @@ def test_adaptive_trainer_with_gates_fixed_open_equals_its_parent(demo_root, tmp
     parent_node = "BIDIR_MAPLE" if parent == "BiDirMaPLe" else "MAPLE"
     ref = build_demo_trainer(demo_root, tmp_path / "p", trainer=parent, opts=FAST + (
         f"TRAINER.{parent_node}.N_CTX", 2, f"TRAINER.{parent_node}.PROMPT_DEPTH", 2))
+    # The study's AdaptiveBiDirMaPLe makes its shallow visual prompt from the class mean of the
+    # context (SHALLOW_VISION_PROMPT class_mean); with MaPLe's per-token prompt it is its parent.
+    vision = (f"TRAINER.{node}.SHALLOW_VISION_PROMPT", "tokens") if node == "ADAPTIVE_BIDIR_MAPLE" else ()
     ada = build_demo_trainer(demo_root, tmp_path / "a", trainer=adaptive,
-                             opts=FAST + OPEN + shape_opts(node, 2, 2, typ))
+                             opts=FAST + OPEN + shape_opts(node, 2, 2, typ) + vision)
     ada.model.prompt_learner.load_state_dict(ref.model.prompt_learner.state_dict())
     batch = next(iter(ref.train_loader_x))
     images, labels = batch["img"][:4], batch["label"][:4]
@@ -53,69 +56,7 @@ def test_adaptive_trainer_with_gates_fixed_open_equals_its_parent(demo_root, tmp
     assert heads == {"full": {"length", "depth"}, "length_only": {"length"}, "depth_only": {"depth"}}[typ]
 
 
-def test_adaptive_gates_are_hard_at_test_and_soft_in_training(demo_root, tmp_path):
-    trainer = build_demo_trainer(demo_root, tmp_path, trainer="AdaptiveBiDirMaPLe",
-                                 opts=FAST + ("GATE.TEST_MODE", "hard") + shape_opts("ADAPTIVE_BIDIR_MAPLE", 4, 2))
-    learner = trainer.model.prompt_learner
-    with torch.no_grad():
-        learner.length_gate.gate.logits.copy_(torch.tensor([2.0, -1.0, 0.5, -3.0]))
-    learner.train()
-    learner()
-    torch.testing.assert_close(learner.last_gates["length"][0], torch.sigmoid(torch.tensor([2.0, -1.0, 0.5, -3.0])))
-    learner.eval()
-    learner()
-    torch.testing.assert_close(learner.last_gates["length"][0], torch.tensor([1.0, 0.0, 1.0, 0.0]))
-
-
-def test_adaptive_regularisers_hand_computed(demo_root, tmp_path):
-    """sparsity = lambda_s * sum of every gate value; smoothness = lambda_d * sum |w_{j+1} - w_j|."""
-    trainer = build_demo_trainer(demo_root, tmp_path, trainer="AdaptiveMaPLe", opts=FAST + (
-        "TRAINER.ADAPTIVE_MAPLE.LAMBDA_SPARSITY", 0.5, "TRAINER.ADAPTIVE_MAPLE.LAMBDA_DEPTH_SMOOTH", 0.25,
-        "TRAINER.ADAPTIVE_MAPLE.N_CTX_MAX", 2, "TRAINER.ADAPTIVE_MAPLE.PROMPT_DEPTH_MAX", 2))
-    learner = trainer.model.prompt_learner
-    with torch.no_grad():
-        learner.length_gate.gate.logits.copy_(torch.tensor([0.0, 1.0]))
-        learner.depth_gate.gate.logits.copy_(torch.tensor([2.0]))
-    learner.train()
-    learner()
-    terms = learner.regularisers(0.5, 0.25)
-    s = torch.sigmoid(torch.tensor([0.0, 1.0, 2.0]))
-    assert terms["sparsity"].item() == pytest.approx(0.5 * s.sum().item(), rel=1e-6)
-    assert "depth_smooth" not in terms  # one depth gate: no neighbours to smooth
-    # Three depth gates on a hand-made vector: |0.2-0.9| + |0.6-0.2| = 1.1
-    learner.last_gates = {"length": None, "depth": torch.tensor([[0.9, 0.2, 0.6]])}
-    terms = learner.regularisers(0.0, 0.25)
-    assert set(terms) == {"depth_smooth"} and terms["depth_smooth"].item() == pytest.approx(0.25 * 1.1)
-
-
-def test_length_only_still_regularises_its_length_gates(demo_root, tmp_path):
-    """The study's code added zero under length_only; here the sparsity term is present and non-zero."""
-    trainer = build_demo_trainer(demo_root, tmp_path, trainer="AdaptiveBiDirMaPLe",
-                                 opts=FAST + shape_opts("ADAPTIVE_BIDIR_MAPLE", 4, 2, "length_only"))
-    trainer.set_model_mode("train")
-    batch = next(iter(trainer.train_loader_x))
-    losses = trainer.compute_losses(trainer.model(batch["img"]), batch["label"])
-    assert losses["sparsity"].item() > 0
-    expected = trainer.method_cfg.LAMBDA_SPARSITY * 4 * torch.sigmoid(torch.tensor(1.0)).item()
-    assert losses["sparsity"].item() == pytest.approx(expected, rel=1e-5)
-
-
-def test_param_matched_has_the_adaptive_models_parameter_count(demo_root, tmp_path):
-    shape = shape_opts("ADAPTIVE_MAPLE", 4, 2)
-    ada = build_demo_trainer(demo_root, tmp_path / "a", trainer="AdaptiveMaPLe", opts=FAST + shape)
-    pm = build_demo_trainer(demo_root, tmp_path / "m", trainer="ParamMatched",
-                            opts=FAST + tuple(str(o).replace("ADAPTIVE_MAPLE", "PARAM_MATCHED") for o in shape))
-    count = lambda t: sum(p.numel() for p in t.model.prompt_learner.parameters() if p.requires_grad)  # noqa: E731
-    assert count(pm) == count(ada)
-    assert not hasattr(pm, "gate_heads")
-    # Zero-initialised biases: at init it is MaPLe at the same shape.
-    maple = build_demo_trainer(demo_root, tmp_path / "p", trainer="MaPLe",
-                               opts=FAST + ("TRAINER.MAPLE.N_CTX", 4, "TRAINER.MAPLE.PROMPT_DEPTH", 2))
-    pm.model.prompt_learner.load_state_dict({**pm.model.prompt_learner.state_dict(),
-                                             **maple.model.prompt_learner.state_dict()})
-    images = next(iter(pm.train_loader_x))["img"][:3]
-    with torch.no_grad():
-        torch.testing.assert_close(pm.model(images), maple.model(images), rtol=0, atol=0)
+# Hard test gates, regularisers, the cycle loss, ParamMatched and BiasMatched: tests/test_study_compat.py.
 
 
 # ------------------------------------------------------------------ CoOp / CoCoOp study keys
@@ -125,7 +66,10 @@ def test_coop_use_gate_becomes_coopgated_with_a_static_sigmoid_gate(demo_root, t
         "TRAINER.COOP.GATE_REG_LAMBDA", 0.1))
     assert type(trainer).__name__ == "CoOpGated"
     cfg = trainer.cfg
-    assert (cfg.GATE.NAME, cfg.GATE.TARGET, cfg.GATE.LR_MULT, cfg.GATE.REG_SPARSITY) == ("sigmoid", "length", 5.0, 0.1)
+    assert (cfg.GATE.NAME, cfg.GATE.TARGET, cfg.GATE.LR_MULT) == ("sigmoid", "length", 5.0)
+    # GATE_REG_LAMBDA is the study's entropy penalty (towards 0/1), not a sparsity term.
+    entropy = cfg.REMEDY.ENTROPY
+    assert (entropy.WEIGHT, entropy.DIRECTION, entropy.REDUCTION, cfg.GATE.REG_SPARSITY) == (0.1, "sharpen", "sum", 0.0)
     logits = trainer.gate_head.gate.logits
     assert logits.shape == (cfg.TRAINER.COOP.N_CTX,) and 0 < logits.std().item() < 0.1
     groups = {g["name"]: g for g in trainer.optim.param_groups}
@@ -181,13 +125,24 @@ def test_bad_study_keys_name_the_key(demo_root, tmp_path):
 
 
 # ------------------------------------------------------------------ the study's config files
+# Every trainer YAML the study ships (copied under its own name into configs/trainers/<Trainer>/),
+# and gatescope's configs with the study's CoOp / CoCoOp gate keys.
+STUDY_TRAINERS = ("AdaptiveBiDirMaPLe", "AdaptiveMaPLe", "AdaptiveTrain", "AdaptiveFreezeEarly", "AdaptiveAlwaysFrozen",
+                  "AdaptiveExplicitReg", "ImprovedAdaptiveBiDirMaPLe", "ParamMatched", "BiDirMaPLe", "BiasMatched")
 STUDY_CONFIGS = sorted(
-    [p for t in ("AdaptiveBiDirMaPLe", "AdaptiveMaPLe", "ParamMatched")
-     for p in glob.glob(os.path.join(REPO, "configs", "trainers", t, "vit_b16_*.yaml"))]
+    [p for t in STUDY_TRAINERS for p in glob.glob(os.path.join(REPO, "configs", "trainers", t, "*.yaml"))
+     if not p.endswith("demo.yaml")]
     + glob.glob(os.path.join(REPO, "configs", "trainers", "CoOp", "*_gate_*.yaml"))
     + glob.glob(os.path.join(REPO, "configs", "trainers", "CoOp", "*_param_matched.yaml"))
     + glob.glob(os.path.join(REPO, "configs", "trainers", "CoCoOp", "*_gate_*.yaml"))
     + glob.glob(os.path.join(REPO, "configs", "trainers", "CoCoOp", "*_param_matched.yaml")))
+# The study's own files, by their names in its repository (configs/trainers/...).
+STUDY_FILES = {
+    "AdaptiveAlwaysFrozen/vit_b16_always_frozen.yaml", "AdaptiveBiDirMaPLe/vit_b16_adaptive_bidir_maple.yaml",
+    "AdaptiveExplicitReg/vit_b16_explicit_reg.yaml", "AdaptiveFreezeEarly/vit_b16_freeze_early.yaml",
+    "ImprovedAdaptiveBiDirMaPLe/improved_vit_b16_adaptive_bidir_maple.yaml", "ParamMatched/vit_b16_param_matched.yaml",
+    "AdaptiveMaPLe/vit_b16_adaptive_maple.yaml", "BiDirMaPLe/vit_b16_bidir_maple.yaml",
+}
 # Run a real-size config on the demo data with a 12-layer tiny backbone of random weights (deep
 # enough for the study's prompt depth 8), everything else as the file says.
 ON_TINY = ("MODEL.BACKBONE.NAME", "gatescope-tiny-deep", "MODEL.BACKBONE.PRETRAINED", "",
@@ -198,7 +153,7 @@ ON_TINY = ("MODEL.BACKBONE.NAME", "gatescope-tiny-deep", "MODEL.BACKBONE.PRETRAI
 
 def test_study_configs_exist():
     names = {os.path.relpath(p, os.path.join(REPO, "configs", "trainers")) for p in STUDY_CONFIGS}
-    assert "AdaptiveBiDirMaPLe/vit_b16_c4_ep5_batch4_adaptive.yaml" in names and len(names) >= 10
+    assert STUDY_FILES <= names
 
 
 @pytest.mark.parametrize("path", STUDY_CONFIGS, ids=lambda p: os.path.relpath(p, REPO))
@@ -208,13 +163,15 @@ def test_study_config_file_runs(demo_root, tmp_path, path):
     from trainers.engine.utils import set_random_seed
 
     trainer_name = os.path.basename(os.path.dirname(path))
+    # The study's files name their trainer (TRAINER.NAME) themselves, except AdaptiveMaPLe's.
     cfg = trainers.setup_cfg(demo_args(demo_root, tmp_path, trainer_name, config=path, opts=ON_TINY))
+    assert cfg.TRAINER.NAME in (trainer_name, trainer_name + "Gated")
     set_random_seed(1)
     trainer = build_trainer(cfg)
     gated = any(cfg.TRAINER[n].get("USE_GATE", False) for n in ("COOP", "COCOOP"))
     if gated:
         assert type(trainer).__name__ == trainer_name + "Gated"
-    if trainer_name == "AdaptiveBiDirMaPLe" and "full" not in path:
+    if trainer_name == "AdaptiveBiDirMaPLe":
         c = cfg.TRAINER.ADAPTIVE_BIDIR_MAPLE
         assert (c.N_CTX_MAX, c.PROMPT_DEPTH_MAX, c.TYPE, c.LAMBDA_SPARSITY, c.LAMBDA_DEPTH_SMOOTH) == \
             (4, 8, "length_only", 0.001, 0.0002)
@@ -223,7 +180,7 @@ def test_study_config_file_runs(demo_root, tmp_path, path):
     assert os.path.isfile(os.path.join(tmp_path, "prompt_learner", "model.pth.tar-1"))
 
 
-@pytest.mark.parametrize("name", ["AdaptiveBiDirMaPLe", "AdaptiveMaPLe", "ParamMatched"])
+@pytest.mark.parametrize("name", ["AdaptiveBiDirMaPLe", "AdaptiveMaPLe", "ParamMatched", "BiasMatched"])
 def test_study_demo_config_trains(demo_root, tmp_path, name):
     from test_training import train_set_loss
     trainer = build_demo_trainer(demo_root, tmp_path, trainer=name, opts=("TEST.NO_TEST", True, "OPTIM.MAX_EPOCH", 3))

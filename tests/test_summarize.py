@@ -316,7 +316,10 @@ def test_every_gated_trainer_names_a_registered_parent():
                for name in TRAINER_REGISTRY.registered_names()}
     assert {k: v for k, v in parents.items() if v} == {
         "CoOpGated": "CoOp", "CoCoOpGated": "CoCoOp", "MaPLeGated": "MaPLe", "AdaptiveMaPLe": "MaPLe",
-        "AdaptiveBiDirMaPLe": "BiDirMaPLe", "ParamMatched": "MaPLe"}
+        "AdaptiveBiDirMaPLe": "BiDirMaPLe", "ParamMatched": "BiDirMaPLe", "BiasMatched": "MaPLe",
+        # the study's variants and controls of AdaptiveBiDirMaPLe inherit its parent
+        "AdaptiveTrain": "BiDirMaPLe", "AdaptiveFreezeEarly": "BiDirMaPLe", "AdaptiveAlwaysFrozen": "BiDirMaPLe",
+        "AdaptiveExplicitReg": "BiDirMaPLe", "ImprovedAdaptiveBiDirMaPLe": "BiDirMaPLe"}
     assert all(parent in TRAINER_REGISTRY for parent in parents.values() if parent)
 
 

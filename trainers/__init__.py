@@ -2,7 +2,8 @@
 
 Importing this package registers the built-in trainers in TRAINER_REGISTRY.
 """
-from . import adaptive_maple, bidir_maple, cocoop, cocoop_gated, coop, coop_gated, ivlp, maple, maple_gated, vpt  # noqa: F401
+from . import (adaptive_controls, adaptive_maple, bidir_maple, cocoop, cocoop_gated, coop,  # noqa: F401
+               coop_gated, ivlp, maple, maple_gated, param_matched, vpt, zsclip)
 from .config import extend_cfg, setup_cfg
 
 __all__ = ["extend_cfg", "setup_cfg"]

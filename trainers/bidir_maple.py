@@ -3,10 +3,22 @@
 For each deep layer j (text prompt t, visual prompt v = proj_j(t) as in MaPLe):
     t' = s(alpha_j) t + (1 - s(alpha_j)) V2L_j(v)
     v' = s(beta_j)  v + (1 - s(beta_j))  L2V_j(t')
-with MLPs L2V (W_t -> W_t/2 -> W_v) and V2L (W_v -> W_v/2 -> W_t), and a cycle-consistency
-loss mean_j MSE(t_j, V2L_j(L2V_j(t_j))) weighted by CYCLE_LOSS_WEIGHT once
-CYCLE_WARMUP_EPOCHS have passed; optionally an EMA of the prompts is evaluated. With
-BIDIRECTIONAL False and weight 0 it is MaPLe exactly. Keys `TRAINER.BIDIR_MAPLE.*`.
+with MLPs L2V (W_t -> W_t/2 -> W_v) and V2L (W_v -> W_v/2 -> W_t), Linear-ReLU-Linear as the
+study's CrossModalMappingNetwork, and a cycle-consistency loss mean_j MSE(t_j, V2L_j(L2V_j(t_j)))
+weighted by CYCLE_LOSS_WEIGHT, ramped up linearly over the first CYCLE_WARMUP_EPOCHS epochs
+(weight * epoch / CYCLE_WARMUP_EPOCHS before, as the study's CycleLossScheduler); optionally an
+EMA of the prompts is evaluated. With BIDIRECTIONAL False and weight 0 it is MaPLe exactly.
+Keys `TRAINER.BIDIR_MAPLE.*`.
+
+The study's other trainers built on this model differ in three places, each a constructor
+argument here (trainers/adaptive_maple.py, trainers/param_matched.py set them):
+- `shallow_vision`: "tokens" (MaPLe, BiDirMaPLe: proj(ctx), one visual token per context token)
+  or "class_mean" (the study's adaptive BiDir trainers and ParamMatched: proj(mean of the context
+  tokens), repeated once per class, as their `self.proj(effective_ctx.mean(1))` does);
+- `cycle_on`: "raw" (BiDirMaPLe: the learnable deep text prompts) or "coupled" (the adaptive BiDir
+  trainers: the deep text prompts after the coupling, t');
+- `couple_deep`: False keeps the mapping MLPs (trained by the cycle loss only) but passes the
+  deep prompts through uncoupled (the study's ParamMatched).
 """
 import torch
 import torch.nn as nn
@@ -18,16 +30,34 @@ from .ema import ParameterEMA
 from .engine import TRAINER_REGISTRY
 from .maple import MaPLe, MaPLePromptLearner
 
+SHALLOW_VISION = ("tokens", "class_mean")
+CYCLE_ON = ("raw", "coupled")
+
+
+MIN_HIDDEN = 64
+
 
 def mapping_mlp(d_in, d_out, dtype, hidden_ratio=0.5):
-    hidden = max(int(d_in * hidden_ratio), 1)
-    return nn.Sequential(nn.Linear(d_in, hidden, dtype=dtype), nn.GELU(), nn.Linear(hidden, d_out, dtype=dtype))
+    """Linear(d_in, h) - ReLU - Linear(h, d_out), h = max(int(d_in * hidden_ratio), 64): the
+    study's cross-modal mapping (CrossModalMappingNetwork). The floor of 64 is its adaptive
+    trainers'; its BiDirMaPLe has none, which differs only for towers narrower than 128."""
+    hidden = max(int(d_in * hidden_ratio), MIN_HIDDEN)
+    return nn.Sequential(nn.Linear(d_in, hidden, dtype=dtype), nn.ReLU(), nn.Linear(hidden, d_out, dtype=dtype))
 
 
 class BiDirMaPLePromptLearner(MaPLePromptLearner):
-    def __init__(self, backbone, classnames, n_ctx, ctx_init, depth, bidirectional, hidden_ratio=0.5):
+    def __init__(self, backbone, classnames, n_ctx, ctx_init, depth, bidirectional, hidden_ratio=0.5,
+                 shallow_vision="tokens", cycle_on="raw", couple_deep=True):
         super().__init__(backbone, classnames, n_ctx, ctx_init, depth)
+        if shallow_vision not in SHALLOW_VISION:
+            raise ValueError(f"the shallow visual prompt must be one of {SHALLOW_VISION}, got {shallow_vision!r}")
+        if cycle_on not in CYCLE_ON:
+            raise ValueError(f"the cycle loss acts on one of {CYCLE_ON}, got {cycle_on!r}")
         self.bidirectional = bidirectional
+        self.shallow_vision_mode = shallow_vision
+        self.cycle_on = cycle_on
+        self.couple_deep = couple_deep
+        self.last_deep_text = None  # the deep text prompts of the last forward (after coupling)
         if self.bidirectional:
             n_deep = depth - 1
             wt, wv, dtype = backbone.ctx_dim, backbone.vis_dim, backbone.dtype
@@ -37,21 +67,39 @@ class BiDirMaPLePromptLearner(MaPLePromptLearner):
             self.alpha_params = nn.ParameterList(nn.Parameter(torch.tensor(0.5, dtype=dtype)) for _ in range(n_deep))
             self.beta_params = nn.ParameterList(nn.Parameter(torch.tensor(0.5, dtype=dtype)) for _ in range(n_deep))
 
+    def shallow_vision(self, ctx):
+        """tokens: proj(ctx), (n_ctx, W_vis). class_mean: proj(mean over the context tokens),
+        repeated once per class, (C, W_vis): C identical visual tokens, the deep visual prompts
+        replacing the last n_ctx of them (the study's adaptive BiDir trainers; needs C >= n_ctx)."""
+        if self.shallow_vision_mode == "tokens":
+            return super().shallow_vision(ctx)
+        n_cls = self.template.token_prefix.shape[0]
+        if n_cls < ctx.shape[0]:
+            raise ValueError(f"the class-mean shallow visual prompt gives one token per class ({n_cls}) and the deep "
+                             f"visual prompts replace the last {ctx.shape[0]} of them; use at least {ctx.shape[0]} "
+                             "classes or SHALLOW_VISION_PROMPT tokens")
+        return self.proj(ctx.mean(0)).unsqueeze(0).expand(n_cls, -1)
+
     def couple(self, text):
         text, vision = super().couple(text)
-        if not self.bidirectional:
-            return text, vision
-        for j in range(1, len(text)):
-            a, b = torch.sigmoid(self.alpha_params[j - 1]), torch.sigmoid(self.beta_params[j - 1])
-            t = a * text[j] + (1 - a) * self.v2l_mappings[j - 1](vision[j])
-            vision[j] = b * vision[j] + (1 - b) * self.l2v_mappings[j - 1](t)
-            text[j] = t
+        if self.bidirectional and self.couple_deep:
+            for j in range(1, len(text)):
+                a, b = torch.sigmoid(self.alpha_params[j - 1]), torch.sigmoid(self.beta_params[j - 1])
+                t = a * text[j] + (1 - a) * self.v2l_mappings[j - 1](vision[j])
+                vision[j] = b * vision[j] + (1 - b) * self.l2v_mappings[j - 1](t)
+                text[j] = t
+        self.last_deep_text = text[1:]
         return text, vision
 
     def cycle_loss(self):
-        """mean_j MSE(t_j, V2L_j(L2V_j(t_j))) over the deep text prompts."""
-        deep_text = self.text_prompts()[1:]
-        if not self.bidirectional or len(deep_text) == 0:
+        """mean_j MSE(t_j, V2L_j(L2V_j(t_j))) over the deep text prompts: the learnable ones
+        (cycle_on "raw"), or those of the last forward after the coupling ("coupled")."""
+        if not self.bidirectional:
+            return None
+        deep_text = self.last_deep_text if self.cycle_on == "coupled" else self.text_prompts()[1:]
+        if deep_text is None:
+            raise RuntimeError("the cycle loss on the coupled prompts needs a forward pass first")
+        if len(deep_text) == 0:
             return None
         terms = [F.mse_loss(v2l(l2v(t)), t) for t, l2v, v2l in zip(deep_text, self.l2v_mappings, self.v2l_mappings)]
         return torch.stack(terms).mean()
@@ -86,9 +134,13 @@ class BiDirMaPLe(MaPLe):
         self.ema = ParameterEMA(self.model.prompt_learner, c.EMA_DECAY) if c.USE_EMA else None
 
     def cycle_weight(self):
-        """CYCLE_LOSS_WEIGHT after the warm-up epochs, 0 before."""
+        """CYCLE_LOSS_WEIGHT * epoch / CYCLE_WARMUP_EPOCHS during the warm-up (epochs from 0),
+        CYCLE_LOSS_WEIGHT after it: the study's linear CycleLossScheduler."""
         c = self.method_cfg
-        return c.CYCLE_LOSS_WEIGHT if self.epoch >= c.CYCLE_WARMUP_EPOCHS else 0.0
+        warmup = c.CYCLE_WARMUP_EPOCHS
+        if warmup > 0 and self.epoch < warmup:
+            return c.CYCLE_LOSS_WEIGHT * self.epoch / warmup
+        return c.CYCLE_LOSS_WEIGHT
 
     def compute_losses(self, output, label):
         losses = super().compute_losses(output, label)

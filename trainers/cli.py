@@ -25,9 +25,30 @@ def build_train_parser(prog="train.py"):
     parser.add_argument("--model-dir", type=str, default="", help="load model from this directory for eval-only mode")
     parser.add_argument("--load-epoch", type=int, help="load model weights at this epoch for evaluation")
     parser.add_argument("--no-train", action="store_true", help="do not call trainer.train()")
+    add_study_gate_flags(parser)
     parser.add_argument("opts", default=None, nargs=argparse.REMAINDER,
                         help="modify config options using the command-line")
     return parser
+
+
+def add_study_gate_flags(parser):
+    """The study's train.py gate flags; each sets TRAINER.COOP.* and TRAINER.COCOOP.* (see
+    trainers/study_keys.py apply_study_gate_flags). A flag not given leaves the YAML value."""
+    study = parser.add_argument_group("the study's gate flags (CoOp / CoCoOp)")
+    study.add_argument("--use_gate", action="store_const", const=True, default=None,
+                       help="USE_GATE True: the run becomes CoOpGated / CoCoOpGated")
+    study.add_argument("--gate_type", type=str, default=None, choices=["scalar", "vector"], help="GATE_TYPE")
+    study.add_argument("--gate_init_std", type=float, default=None, help="GATE_INIT_STD")
+    study.add_argument("--gate_lr", type=float, default=None,
+                       help="absolute gate learning rate: GATE_LR_MUL = gate_lr / OPTIM.LR (the YAML's)")
+    study.add_argument("--gate_reg_lambda", type=float, default=None,
+                       help="GATE_REG_LAMBDA: entropy penalty pushing the gates towards 0/1")
+    study.add_argument("--gate_mode", type=str, default=None, choices=["static", "conditional"],
+                       help="GATE_MODE (CoCoOp)")
+    study.add_argument("--param_matched", action="store_const", const=True, default=None,
+                       help="PARAM_MATCHED True: an additive bias with the gate's size instead of the gate")
+    study.add_argument("--equalize_grad", action="store_const", const=True, default=None, help="EQUALIZE_GRAD True")
+    study.add_argument("--alpha_max", type=float, default=None, help="ALPHA_MAX")
 
 
 def print_args(args, cfg):

@@ -10,6 +10,7 @@ from .data.image_cache import add_image_cache_config
 from .data.registry import resolve_dataset
 from .engine import TRAINER_REGISTRY, get_cfg_default
 from .feature_cache import add_feature_cache_config
+from .study_keys import apply_study_gate_flags
 
 
 def extend_cfg(cfg):
@@ -124,6 +125,7 @@ def reset_cfg(cfg, args):
         cfg.MODEL.BACKBONE.NAME = args.backbone
     if args.head:
         cfg.MODEL.HEAD.NAME = args.head
+    apply_study_gate_flags(cfg, args)  # --use_gate, --gate_type, ... of the study's train.py
 
 
 def setup_cfg(args):

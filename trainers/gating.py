@@ -103,6 +103,7 @@ class GatedTrainer:
     DEFAULT_GATE = "mlp"
     DEFAULT_TARGET = None
     DEFAULT_COND = "image_feature"
+    DEFAULT_TEST_MODE = "soft"  # used when GATE.TEST_MODE is ""
 
     @property
     def gate_name(self):
@@ -124,6 +125,12 @@ class GatedTrainer:
                              f"choose one of {', '.join(self.CONDS)}")
         return cond
 
+    @property
+    def gate_test_mode(self):
+        """GATE.TEST_MODE, or the trainer's DEFAULT_TEST_MODE when it is "" (the study's adaptive
+        trainers threshold their gates at test; the others keep the soft values)."""
+        return self.cfg.GATE.TEST_MODE or self.DEFAULT_TEST_MODE
+
     def build_gate(self, num_options, cond_dim, target=None):
         """The GateHead for `target` (default GATE.TARGET), checked against the gate contract."""
         target = target or self.gate_target
@@ -131,7 +138,7 @@ class GatedTrainer:
         gate = self.plugins.build_gate(self.cfg, self.gate_name, num_options, cond_dim, kind)
         print(f"Gate '{self.gate_name}' ({kind}, {num_options} options) on target '{target}', "
               f"conditioned on '{self.gate_cond}'")
-        head = GateHead(gate, target, kind, self.cfg.GATE.TEST_MODE, self.cfg.GATE.THRESHOLD, self.gate_name)
+        head = GateHead(gate, target, kind, self.gate_test_mode, self.cfg.GATE.THRESHOLD, self.gate_name)
         if self.cfg.GATE.EQUALIZE_GRAD:
             head.alpha_max = self.cfg.GATE.ALPHA_MAX
         return head

@@ -4,9 +4,14 @@ Text prompts as CoOp (`ctx`); the shallow visual prompt is `proj(ctx)`; layers 1
 towers replace their prompt tokens with new learnable text prompts `compound_prompts_text[j]`
 and their projections `compound_prompt_projections[j](...)` into the vision width. Keys
 `TRAINER.MAPLE.{N_CTX, CTX_INIT, PREC, PROMPT_DEPTH}`; parameter names follow MaPLe's so its
-released checkpoints load. Unlike the original: any precision, any open_clip ViT width, each
-projection initialised independently, and only learnable tensors in checkpoints.
+released checkpoints load. As in MaPLe's code, the deep projections 1..J-1 start as copies of
+one initialised Linear (they are identical at step 0 and diverge in training), and parameters
+are created in MaPLe's order (context, proj, deep prompts, projections), so the same seed gives
+the same initial values. Unlike the original: any precision, any open_clip ViT width, and only
+learnable tensors in checkpoints.
 """
+import copy
+
 import torch.nn as nn
 from yacs.config import CfgNode as CN
 
@@ -31,8 +36,8 @@ class MaPLePromptLearner(nn.Module):
         self.ctx = nn.Parameter(ctx_vectors)
         self.proj = nn.Linear(backbone.ctx_dim, backbone.vis_dim, dtype=backbone.dtype)
         self.compound_prompts_text = prompt_tokens(depth - 1, n_ctx, backbone.ctx_dim, backbone.dtype)
-        self.compound_prompt_projections = nn.ModuleList(
-            nn.Linear(backbone.ctx_dim, backbone.vis_dim, dtype=backbone.dtype) for _ in range(depth - 1))
+        self.compound_prompt_projections = cloned_linears(depth - 1, backbone.ctx_dim, backbone.vis_dim,
+                                                          backbone.dtype)
         self.template = ClassPromptTemplate(backbone, classnames, n_ctx, prompt_prefix)
 
     def text_prompts(self):
@@ -46,8 +51,12 @@ class MaPLePromptLearner(nn.Module):
 
     def couple(self, text):
         """(text, vision) prompts per depth: vision_j is projected from text_j (MaPLe's coupling)."""
-        projections = [self.proj, *self.compound_prompt_projections]
-        return list(text), [f(t) for f, t in zip(projections, text)]
+        deep = [f(t) for f, t in zip(self.compound_prompt_projections, text[1:])]
+        return list(text), [self.shallow_vision(text[0]), *deep]
+
+    def shallow_vision(self, ctx):
+        """The shallow visual prompt tokens from the (n_ctx, W_text) context: proj(ctx), (n_ctx, W_vis)."""
+        return self.proj(ctx)
 
     def coupled(self):
         return self.couple(self.text_prompts())
@@ -55,6 +64,19 @@ class MaPLePromptLearner(nn.Module):
     def forward(self):
         text, vision = self.coupled()
         return Prompts(text=self.template(text[0]), text_deep=text[1:], vision=vision[0], vision_deep=vision[1:])
+
+
+def cloned_linears(count, d_in, d_out, dtype):
+    """`count` Linear(d_in, d_out) layers that start as copies of one freshly initialised layer.
+
+    MaPLe's reference code builds its deep-prompt projections this way (`_get_clones` of one
+    `nn.Linear`), so they share their initial weights and consume the random stream of one
+    layer; initialising each one separately would give other values for layers 1..J-1 under the
+    same seed. The layer is drawn even when count is 0, as the reference does, so that whatever
+    is initialised after it sees the same random stream.
+    """
+    first = nn.Linear(d_in, d_out, dtype=dtype)
+    return nn.ModuleList(copy.deepcopy(first) for _ in range(max(count, 0)))
 
 
 @TRAINER_REGISTRY.register()

@@ -8,7 +8,7 @@ Remedy (module): keys -- failure mode targeted
 
 - gradnorm: REMEDY.GRADNORM.{ENABLED, CAP, FLOOR} -- gradient magnitude imbalance (rho << 1)
 - balance: REMEDY.BALANCE.{WEIGHT, KIND importance|switch} -- option collapse (one option for all)
-- entropy: REMEDY.ENTROPY.{WEIGHT, DIRECTION sharpen|flatten} -- sharpen: indecision at 0.5 /
+- entropy: REMEDY.ENTROPY.{WEIGHT, DIRECTION sharpen|flatten, REDUCTION mean|sum} -- sharpen: indecision at 0.5 /
   uniform; flatten: saturation at 0/1 / one-hot
 - zloss: REMEDY.ZLOSS.WEIGHT -- logits drifting into saturation
 - temperature: REMEDY.TEMPERATURE.{ENABLED, START, END, SCHEDULE} -- softmax-type gates

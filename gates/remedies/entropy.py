@@ -9,10 +9,13 @@ direction is a required setting.
     sharpen: + w * H   (minimised: towards 0/1, or one-hot)
     flatten: - w * H   (minimised: towards 0.5, or uniform)
 
-H is the mean entropy of the batch's gate outputs, in nats: for a simplex gate the mean over
-rows of -sum_k g_k log g_k; for a mask gate the mean over rows and options of the binary
-entropy -(g log g + (1 - g) log(1 - g)). Taken from the logits when the gate keeps them
-(log_softmax / logsigmoid: exact at saturation), else from g clamped to [1e-8, 1].
+H is the entropy of the batch's gate outputs, in nats: for a simplex gate the mean over rows
+of -sum_k g_k log g_k; for a mask gate, REDUCTION "mean" (default) is the mean over rows and
+options of the binary entropy h(g) = -(g log g + (1 - g) log(1 - g)), and REDUCTION "sum" the
+mean over rows of the sum over options of h(g) -- the study's form, whose weight grows with
+the number of options (its CoOp GATE_REG_LAMBDA, sharpen, and its ImprovedAdaptiveBiDirMaPLe
+LAMBDA_ENTROPY, flatten, both sum over the gate's entries). Taken from the logits when the gate
+keeps them (log_softmax / logsigmoid: exact at saturation), else from g clamped to [1e-8, 1].
 Summed over the gates; added to the loss as "remedy_entropy".
 """
 from yacs.config import CfgNode as CN
@@ -23,6 +26,7 @@ import torch.nn.functional as F
 from .common import tell_if_no_gate, training_outputs
 
 DIRECTIONS = {"sharpen": 1.0, "flatten": -1.0}  # sign of w * H in the loss
+REDUCTIONS = ("mean", "sum")  # over a mask gate's options
 EPS = 1e-8
 
 
@@ -30,6 +34,7 @@ def add_config(remedy_cfg):
     remedy_cfg.ENTROPY = CN()
     remedy_cfg.ENTROPY.WEIGHT = 0.0  # w >= 0; 0 = off
     remedy_cfg.ENTROPY.DIRECTION = ""  # sharpen (towards 0/1, one-hot) | flatten (towards 0.5, uniform)
+    remedy_cfg.ENTROPY.REDUCTION = "mean"  # mask gates: mean | sum over the options (the study's)
 
 
 def check(trainer, cfg):
@@ -40,10 +45,12 @@ def check(trainer, cfg):
         raise ValueError(f"REMEDY.ENTROPY.DIRECTION must be set to one of {tuple(DIRECTIONS)} when "
                          f"REMEDY.ENTROPY.WEIGHT > 0 (got {node.DIRECTION!r}): sharpen pushes gates towards "
                          "0/1 (one-hot), flatten towards 0.5 (uniform)")
+    if node.REDUCTION not in REDUCTIONS:
+        raise ValueError(f"REMEDY.ENTROPY.REDUCTION must be one of {REDUCTIONS}, got {node.REDUCTION!r}")
 
 
-def mean_entropy(output, kind, logits=None, activation=None):
-    """H of a (B, K) gate output (formulas above)."""
+def mean_entropy(output, kind, logits=None, activation=None, reduction="mean"):
+    """H of a (B, K) gate output (formulas above); `reduction` applies to mask gates."""
     if kind == "simplex":
         if logits is not None and activation == "softmax":
             log_p = F.log_softmax(logits, dim=-1)
@@ -52,9 +59,11 @@ def mean_entropy(output, kind, logits=None, activation=None):
         return -(output * p.log()).sum(dim=-1).mean()
     if logits is not None and activation == "sigmoid":
         p = torch.sigmoid(logits)
-        return -(p * F.logsigmoid(logits) + (1 - p) * F.logsigmoid(-logits)).mean()
-    p, q = output.clamp(EPS, 1.0), (1 - output).clamp(EPS, 1.0)
-    return -(output * p.log() + (1 - output) * q.log()).mean()
+        h = -(p * F.logsigmoid(logits) + (1 - p) * F.logsigmoid(-logits))
+    else:
+        p, q = output.clamp(EPS, 1.0), (1 - output).clamp(EPS, 1.0)
+        h = -(output * p.log() + (1 - output) * q.log())
+    return h.sum(dim=-1).mean() if reduction == "sum" else h.mean()
 
 
 def before_train(trainer, cfg):
@@ -66,5 +75,6 @@ def gate_losses(trainer, cfg):
     node = cfg.ENTROPY
     if node.WEIGHT == 0:
         return {}
-    terms = [mean_entropy(out, head.kind, logits, act) for head, out, logits, act in training_outputs(trainer)]
+    terms = [mean_entropy(out, head.kind, logits, act, node.REDUCTION)
+             for head, out, logits, act in training_outputs(trainer)]
     return {"entropy": DIRECTIONS[node.DIRECTION] * node.WEIGHT * sum(terms)} if terms else {}
