@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, field
 
 import yaml
 
+from gates.plumbing import read_jsonl
+
 from .layout import RunKey, parse_run_dir
 
 RESULTS_FILE = "results.json"
@@ -275,20 +277,12 @@ def read_failures(root):
         dirnames[:] = [d for d in dirnames if d not in RUN_SUBFOLDERS]
         if FAILURES_FILE not in filenames:
             continue
-        with open(os.path.join(dirpath, FAILURES_FILE), encoding="utf-8") as f:
-            for line in f:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                if not isinstance(record, dict) or not record.get("output_dir"):
-                    continue
-                output_dir = os.path.abspath(record["output_dir"])
-                if output_dir == root or output_dir.startswith(root + os.sep):
-                    failures[output_dir] = record
+        for record in read_jsonl(os.path.join(dirpath, FAILURES_FILE)):
+            if not isinstance(record, dict) or not record.get("output_dir"):
+                continue
+            output_dir = os.path.abspath(record["output_dir"])
+            if output_dir == root or output_dir.startswith(root + os.sep):
+                failures[output_dir] = record
     return failures
 
 
