@@ -82,7 +82,7 @@ def plugins_main(argv=None):
     from tabulate import tabulate
 
     import trainers  # noqa: F401  (built-in trainers)
-    from gates.manager import get_plugins
+    from trainers.plugins import get_plugins
     from trainers.engine import TRAINER_REGISTRY
 
     plugins = get_plugins()

@@ -32,7 +32,7 @@ def add_config(remedy_cfg):
     remedy_cfg.ENTROPY.DIRECTION = ""  # sharpen (towards 0/1, one-hot) | flatten (towards 0.5, uniform)
 
 
-def check(trainer, cfg):
+def check(context, cfg):
     node = cfg.ENTROPY
     if node.WEIGHT < 0:
         raise ValueError(f"REMEDY.ENTROPY.WEIGHT must be >= 0 (the sign is DIRECTION), got {node.WEIGHT}")
@@ -57,14 +57,14 @@ def mean_entropy(output, kind, logits=None, activation=None):
     return -(output * p.log() + (1 - output) * q.log()).mean()
 
 
-def before_train(trainer, cfg):
+def before_train(context, cfg):
     if cfg.ENTROPY.WEIGHT:
-        tell_if_no_gate(trainer, "REMEDY.ENTROPY")
+        tell_if_no_gate(context, "REMEDY.ENTROPY")
 
 
-def gate_losses(trainer, cfg):
+def gate_losses(context, cfg):
     node = cfg.ENTROPY
     if node.WEIGHT == 0:
         return {}
-    terms = [mean_entropy(out, head.kind, logits, act) for head, out, logits, act in training_outputs(trainer)]
+    terms = [mean_entropy(out, head.kind, logits, act) for head, out, logits, act in training_outputs(context)]
     return {"entropy": DIRECTIONS[node.DIRECTION] * node.WEIGHT * sum(terms)} if terms else {}
