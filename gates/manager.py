@@ -75,7 +75,6 @@ class GatescopePlugins:
         if autoload:
             self.load_entry_points()
         self.pm.check_pending()
-        self.collect_registrations()
 
     @property
     def hook(self):
@@ -90,11 +89,12 @@ class GatescopePlugins:
             self.pm.register(plugin, name=name)
         except Exception as e:
             hint = ""
-            if "trainer" in str(e) and "not available in hookspec" in str(e):
-                hint = (" Lifecycle hooks receive `context` (a gates.HookContext), not the trainer: rename the "
+            if "'trainer'" in str(e) and "hookspec" in str(e):
+                hint = (". Lifecycle hooks receive `context` (a gates.HookContext), not the trainer: rename the "
                         "argument and read what the hook needs from the context (see gates/hookspecs.py).")
-            raise PluginError(f"{info.label()} could not be registered: {type(e).__name__}: {e}.{hint}") from e
+            raise PluginError(f"{info.label()} could not be registered: {type(e).__name__}: {e}{hint}") from e
         self.info[name] = info
+        self.collect_gates(info)
         return info
 
     def load_entry_points(self):
@@ -116,16 +116,21 @@ class GatescopePlugins:
         for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
             yield self.info[impl.plugin_name], impl.function
 
-    def collect_registrations(self):
-        for info, function in self._each_impl("gatescope_register_gates"):
-            def register(name, factory, _info=info):
+    def collect_gates(self, info):
+        """The gates plugin `info` registers (called as it is registered, so a plugin added later,
+        e.g. by a test, contributes its gates too)."""
+        for owner, function in self._each_impl("gatescope_register_gates"):
+            if owner is not info:
+                continue
+
+            def register(name, factory):
                 if name in self.gates:
                     raise PluginError(f"gate '{name}' is registered twice: by {self.gates[name].plugin.label()} "
-                                      f"and by {_info.label()}; uninstall one or rename the gate")
+                                      f"and by {info.label()}; uninstall one or rename the gate")
                 if not callable(factory):
-                    raise PluginError(f"{_info.label()} registered gate '{name}' with a non-callable factory")
-                self.gates[name] = GateEntry(name, factory, _info)
-                _info.gates.append(name)
+                    raise PluginError(f"{info.label()} registered gate '{name}' with a non-callable factory")
+                self.gates[name] = GateEntry(name, factory, info)
+                info.gates.append(name)
             self._call(info, function, "gatescope_register_gates", register=register)
 
     def register_trainers(self, registry):
