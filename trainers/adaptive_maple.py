@@ -39,7 +39,7 @@ def add_adaptive_keys(node):
 class AdaptiveGates:
     """Mixin for a MaPLe-family prompt learner: per-task length and depth gates.
 
-    Needs `self.length_gate` / `self.depth_gate` (GateHeads or None) set by the constructor.
+    Needs `self.length_gate` / `self.depth_gate` (gates.AppliedGate or None) set by the constructor.
     """
 
     def task_gate(self, head):
