@@ -22,7 +22,7 @@ def run_of(context, create=True):
     cfg = context.cfg
     if "DIAGNOSTICS" not in cfg or not cfg.DIAGNOSTICS.ENABLED:
         return None
-    if not context.gate_heads or getattr(context.trainer, "optim", None) is None:
+    if not context.gate_heads or getattr(context, "optim", None) is None:
         return None
     run = context.store[STORE_KEY] = RunDiagnostics(context)
     return run

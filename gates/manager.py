@@ -193,8 +193,8 @@ class GatescopePlugins:
     def call_while_stopping(self, hook_name, **kwargs):
         """Call `hook_name` while an exception is already stopping the run (on_abort, after_train):
         every implementation runs, and a failure is printed naming its plugin instead of raised,
-        so it never hides the error that stopped the run."""
-        for info, function in self._each_impl(hook_name):
+        so it never hides the error that stopped the run. Same order as pluggy's calls."""
+        for info, function in reversed(list(self._each_impl(hook_name))):
             try:
                 self._call(info, function, hook_name, **kwargs)
             except Exception as e:

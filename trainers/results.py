@@ -36,7 +36,7 @@ def results_record(context, previous, split, results):
         "backbone": cfg.MODEL.BACKBONE.NAME, "num_shots": cfg.DATASET.NUM_SHOTS,
         "subsample_classes": cfg.DATASET.SUBSAMPLE_CLASSES, "output_dir": context.output_dir,
         "epoch": context.epoch + 1, "max_epoch": cfg.OPTIM.MAX_EPOCH, "eval_only": context.eval_only,
-        "nonfinite_skips": int(context.nonfinite_skips), "finite_end_state": finite_state(context.param_groups),
+        "nonfinite_skips": int(getattr(context, "nonfinite_skips", 0)), "finite_end_state": finite_state(context.param_groups),
     })
     record.setdefault("results", {})[split] = {k: float(v) for k, v in results.items()}
     return record
