@@ -83,8 +83,11 @@ class HookContext:
 
     # ------------------------------------------------------------ model and optimizer
     model = _view("model", "The CLIP wrapper (nn.Module); `model.prompt_learner` holds every learnable tensor.")
-    gate_heads = _view("gate_heads", "The model's gates as placed by the trainer (gates.AppliedGate, one per "
-                                     "target); [] for an ungated trainer.")
+    @property
+    def gate_heads(self):
+        """The model's gates as placed by the trainer (gates.AppliedGate, one per target); [] for
+        an ungated trainer."""
+        return getattr(self.trainer, "gate_heads", [])
     optim = _view("optim", "The optimizer (its `param_groups` are `param_groups` below).")
 
     @property

@@ -135,11 +135,6 @@ class PromptTrainer(TrainerX):
         return context
 
     @property
-    def gate_heads(self):
-        """The model's gates (gates.AppliedGate); none for an ungated trainer."""
-        return []
-
-    @property
     def prompt_templates(self):
         """The ClassPromptTemplate modules of the prompt learner."""
         return [m for m in self.model.prompt_learner.modules() if isinstance(m, ClassPromptTemplate)]
