@@ -5,10 +5,10 @@ model's train/eval mode as they were and silences the gates' listeners, so that 
 diagnostics on changes no number of the training run.
 """
 import contextlib
-import random
 
-import numpy as np
 import torch
+
+from gates.plumbing import fork_rng
 
 from . import metrics
 
@@ -19,9 +19,7 @@ def quiet_probe(trainer):
     heads = trainer.gate_heads
     listeners = [h.listener for h in heads]
     training = trainer.model.training
-    py_state, np_state = random.getstate(), np.random.get_state()
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
+    with fork_rng():
         try:
             for h in heads:
                 h.listener = None
@@ -31,8 +29,6 @@ def quiet_probe(trainer):
                 h.listener = listener
                 h.override = h.cond_transform = h.output_transform = None
             trainer.model.train(training)
-            random.setstate(py_state)
-            np.random.set_state(np_state)
 
 
 def test_batches(loader, max_batches):
@@ -189,12 +185,10 @@ def embedding_probe(trainer, loader, previous_text=None, max_images=2000):
     """The study's embedding figures on an evaluation split: image-text alignment, class
     separation margin, silhouette of the image features by class, and the drift of the class
     text features since `previous_text` (the last evaluation's). Returns (figures, class text (C, D))."""
-    from trainers.backbone.adapter import capture_embeddings
-
     images, texts, labels = [], [], []
     with quiet_probe(trainer):
         trainer.model.eval()
-        with capture_embeddings() as sink:
+        with trainer.capture_embeddings() as sink:
             for batch in loader:
                 image, label = trainer.parse_batch_test(batch)
                 start = len(sink)

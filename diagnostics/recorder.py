@@ -1,7 +1,7 @@
 """What the diagnostics measure during one run, step by step and epoch by epoch.
 
-`RunDiagnostics` is created for a trainer with gates and fed by the lifecycle hooks (see
-plugin.py). It only reads: gradients after backward, parameters around the optimizer step, gate
+`RunDiagnostics` is created for a run with gates and fed by the lifecycle hooks (see plugin.py),
+through the run's HookContext. It only reads: gradients after backward, parameters around the optimizer step, gate
 outputs as they are emitted (plus a tensor hook on each, which reads dL/dg and returns nothing),
 and evaluations that run under `probes.quiet_probe`. Records are plain dicts written as JSON lines.
 """
@@ -66,8 +66,10 @@ class GateTrack:
 
 
 class RunDiagnostics:
-    def __init__(self, trainer):
-        self.trainer = trainer
+    def __init__(self, context):
+        # The run's gates.HookContext: it offers the trainer's names (epoch, model, loaders, ...),
+        # so the code below reads it as it would read the trainer.
+        self.trainer = trainer = context
         self.cfg = trainer.cfg.DIAGNOSTICS
         self.dir = os.path.join(trainer.output_dir or ".", "diagnostics")
         self.tracks = {head.name: GateTrack(head) for head in trainer.gate_heads}
@@ -91,28 +93,24 @@ class RunDiagnostics:
         report.write_jsonl(os.path.join(self.dir, "steps.jsonl"), self.steps)
         report.write_jsonl(os.path.join(self.dir, "epochs.jsonl"), self.epochs)
         self.steps_written = len(self.steps)
-        if start > 0:
-            self.restore_after_resume(start)
 
-    def restore_after_resume(self, start):
-        """What an uninterrupted run would hold at epoch `start`, read back from the files: each
-        gate's training-set mean of the last epoch (the counterfactual's constant) and the
-        evaluations of the checkpointed epochs (the final test, redone after a resume, excepted)."""
-        last = self.epochs[-1]["gates"] if self.epochs else {}
-        for name, track in self.tracks.items():
-            mean = last.get(name, {}).get("train_mean")
-            if mean is not None:
-                track.train_mean = torch.tensor(mean, dtype=torch.float32)
-        path = os.path.join(self.dir, "summary.json")
-        if os.path.isfile(path):
-            try:
-                with open(path, encoding="utf-8") as f:
-                    previous = json.load(f).get("evaluations", [])
-            except (OSError, ValueError):
-                previous = []
-            self.evaluations = [e for e in previous
-                                if e.get("epoch", start) < start - 1 or (e.get("epoch") == start - 1
-                                                                         and e.get("split") == "val")]
+    def state_dict(self):
+        """What the files cannot give back at a resume, saved with every checkpoint: each gate's
+        training-set mean of the last epoch (the counterfactual's constant), the evaluations so
+        far, and the class text features of the last evaluation (text_drift's reference). The
+        step and epoch records are on disk before the checkpoint (after_epoch writes them)."""
+        return {"evaluations": self.evaluations,
+                "train_mean": {name: track.train_mean for name, track in self.tracks.items()
+                               if track.train_mean is not None},
+                "last_class_text": getattr(self, "last_class_text", None)}
+
+    def load_state_dict(self, state):
+        """Restore `state_dict()` of the checkpoint being resumed (before before_train)."""
+        self.evaluations = list(state.get("evaluations", []))
+        for name, mean in state.get("train_mean", {}).items():
+            if name in self.tracks:
+                self.tracks[name].train_mean = mean
+        self.last_class_text = state.get("last_class_text")
 
     def before_epoch(self):
         for track in self.tracks.values():

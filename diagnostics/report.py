@@ -1,63 +1,13 @@
 """The diagnostics' outputs: JSON lines, summary.json, TensorBoard scalars, plots, the log table."""
-import json
-import math
-import os
-
 from tabulate import tabulate
 
-from trainers.engine.utils import write_json_atomic
-
-
-def _clean(obj):
-    """JSON without NaN/inf: non-finite floats become null (JSON has no NaN)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    return obj
-
-
-def read_jsonl(path):
-    """Records of a JSON-lines file; a torn last line (a killed run) is dropped, not trusted."""
-    if not os.path.isfile(path):
-        return []
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                break
-    return records
-
-
-def write_jsonl(path, records):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(_clean(r)) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def append_jsonl(path, records):
-    if not records:
-        return
-    with open(path, "a", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(_clean(r)) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+# The JSON-lines helpers are gatescope's shared ones (one policy for a torn last line); the
+# recorder reaches them as report.read_jsonl, report.append_jsonl, ...
+from gates.plumbing import append_jsonl, json_safe, read_jsonl, write_json_atomic, write_jsonl  # noqa: F401
 
 
 def write_json(path, obj):
-    write_json_atomic(_clean(obj), path)
+    write_json_atomic(json_safe(obj), path)
 
 
 def write_scalars(trainer, epoch_record, epoch_steps):

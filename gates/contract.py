@@ -13,11 +13,19 @@ A gate is an `nn.Module` built by a factory `factory(cfg, num_options, cond_dim,
   (the pre-activation) with `activation` naming the nonlinearity ("sigmoid", "softmax", ...),
   so the diagnostics can split the gate's gradient into dL/dg and the local slope;
 - `no_task_grad_params` lists parameter names that by design receive no task-loss gradient
-  (e.g. the keys of a hard key-query selector, trained by a surrogate loss).
+  (e.g. the keys of a hard key-query selector, trained by a surrogate loss);
+- `set_logits(logit, weight_scale=None)` makes the gate start at `logit` for every input (the
+  remedies' initialisation and frozen controls call it); `Gate` implements it for free logits
+  (a `logits` parameter) and for gates whose `output_layer()` returns the Linear producing the
+  logits; any other gate raises GateError from it.
+
+`AppliedGate` (applied.py) is what enforces this around a gate during a run.
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .plumbing import fork_rng
 
 GATE_KINDS = ("mask", "simplex")
 TEST_MODES = ("soft", "hard")
@@ -50,6 +58,32 @@ class Gate(nn.Module):
     def aux_loss(self):
         return None
 
+    def output_layer(self):
+        """The nn.Linear whose output is the gate's logits, or None (free logits, no layer).
+        Gates computing their logits with a final Linear return it, so `set_logits` can set it."""
+        return None
+
+    @torch.no_grad()
+    def set_logits(self, logit, weight_scale=None):
+        """Make the gate's logits start at `logit` for every input.
+
+        Free logits (a `logits` nn.Parameter, as scalar and sigmoid) are filled with `logit`; a gate
+        with an `output_layer()` gets bias = `logit` and its weights multiplied by `weight_scale`
+        (None: unchanged; 0: the same logit for every input). Raises GateError for a gate with
+        neither, naming its class.
+        """
+        logits = getattr(self, "logits", None)
+        if isinstance(logits, nn.Parameter):
+            logits.fill_(float(logit))
+            return
+        layer = self.output_layer()
+        if layer is None or layer.bias is None:
+            raise GateError(f"{type(self).__name__} has neither free logits (a `logits` parameter) nor an "
+                            "output layer with a bias (`output_layer()`), so its starting logits cannot be set")
+        layer.bias.fill_(float(logit))
+        if weight_scale is not None:
+            layer.weight.mul_(float(weight_scale))
+
 
 def validate_gate(gate, name, num_options, cond_dim, kind, device="cpu", dtype=torch.float32):
     """Check kind, shape and range once, when the model is built; raise GateError naming the gate.
@@ -65,8 +99,7 @@ def validate_gate(gate, name, num_options, cond_dim, kind, device="cpu", dtype=t
     was_training = gate.training
     gate.eval()
     try:
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
-            torch.manual_seed(0)
+        with fork_rng(seed=0), torch.no_grad():
             probe = torch.randn(3, cond_dim, device=device, dtype=dtype)
             out = gate(probe)
     except GateError:

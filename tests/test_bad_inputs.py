@@ -474,18 +474,19 @@ class FailingHook:
         self.calls = 0
 
     @hookimpl
-    def after_step(self, trainer):
+    def after_step(self, context):
         self.calls += 1
         if self.calls == 2:
             raise RuntimeError("lost my log file")
 
 
 def test_plugin_raising_in_a_lifecycle_hook_is_named_with_its_distribution(demo_root, tmp_path, monkeypatch):
-    from gates.manager import GatescopePlugins, PluginError
+    from gates.manager import PluginError
+    from trainers.plugins import load_plugins
 
-    plugins = GatescopePlugins(autoload=False)
+    plugins = load_plugins(autoload=False)
     plugins.register(FailingHook(), "flaky-logger", "flaky-logger-dist", "0.3")
-    monkeypatch.setattr("gates.manager._MANAGER", plugins)
+    monkeypatch.setattr("trainers.plugins._MANAGER", plugins)
     trainer = build_demo_trainer(demo_root, tmp_path, opts=FAST + ("DATASET.NUM_SHOTS", 8))
     with pytest.raises(PluginError, match=r"plugin 'flaky-logger' \(distribution flaky-logger-dist 0.3\) failed in "
                                           r"hook after_step: RuntimeError: lost my log file"):
@@ -524,7 +525,8 @@ def test_diagnostics_failure_stops_the_run_without_corrupting_what_resumes(demo_
 def test_gate_out_of_range_in_training_is_caught_at_the_first_step_with_its_name(demo_root, tmp_path, monkeypatch):
     from gates import Gate
     from gates.contract import GateError
-    from gates.manager import GatescopePlugins, GateEntry
+    from gates.manager import GateEntry
+    from trainers.plugins import load_plugins
 
     class TrainsWild(Gate):
         """Passes the build-time check (eval mode), returns 1.5 in training."""
@@ -535,10 +537,10 @@ def test_gate_out_of_range_in_training_is_caught_at_the_first_step_with_its_name
             value = 1.5 if self.training else 0.5
             return torch.full((cond.shape[0], self.num_options), value) + 0 * cond[:, :1]
 
-    plugins = GatescopePlugins(autoload=False)
+    plugins = load_plugins(autoload=False)
     info = plugins.register(object(), "wild-gate", "wild-gate-dist", "1.0")
     plugins.gates["wild"] = GateEntry("wild", lambda cfg, k, d, kind: TrainsWild(k, d), info)
-    monkeypatch.setattr("gates.manager._MANAGER", plugins)
+    monkeypatch.setattr("trainers.plugins._MANAGER", plugins)
     trainer = build_demo_trainer(demo_root, tmp_path, trainer="CoOpGated", opts=FAST + ("GATE.NAME", "wild"))
     with pytest.raises(GateError, match=r"gate 'wild' returned values in \[1.5, 1.5\].*first training step"):
         trainer.train()

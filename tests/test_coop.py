@@ -66,3 +66,23 @@ def test_only_the_context_is_learnable():
     learnable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert learnable == ["prompt_learner.ctx"]
     assert list(model.prompt_learner.state_dict()) == ["ctx"]  # what CoOp's checkpoints hold
+
+
+def test_a_coop_users_grep_finds_the_classes_that_replace_coops():
+    """CoOp's CustomCLIP, TextEncoder, load_clip_to_cpu and PromptLearner are named in the docstring
+    of what replaces them, so searching the package for them lands there."""
+    import inspect
+
+    import trainers.backbone
+    from trainers.backbone.adapter import ClipBackbone, encode_text_embeddings
+    from trainers.cocoop import CoCoOpCLIP, CoCoOpPromptLearner
+    from trainers.maple import MaPLePromptLearner
+
+    expected = {
+        "CustomCLIP": (CoOpCLIP, CoCoOpCLIP), "PromptLearner": (CoOpPromptLearner, CoCoOpPromptLearner,
+                                                                MaPLePromptLearner),
+        "TextEncoder": (CoOpCLIP, ClipBackbone, encode_text_embeddings), "load_clip_to_cpu": (
+            trainers.backbone.build_backbone, ClipBackbone)}
+    for name, replacements in expected.items():
+        for obj in replacements:
+            assert f"`{name}" in inspect.getdoc(obj), (name, obj.__qualname__)

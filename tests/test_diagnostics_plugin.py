@@ -9,7 +9,8 @@ import torch
 
 from conftest import REPO, build_demo_trainer
 from gates import hookimpl
-from gates.manager import get_plugins
+from diagnostics.plugin import run_of
+from trainers.plugins import get_plugins
 
 FAST = ("OPTIM.MAX_EPOCH", 2, "DATASET.NUM_SHOTS", 2)
 
@@ -49,14 +50,14 @@ class GradProbe:
         self.outputs = {}
 
     @hookimpl
-    def gate_output(self, trainer, name, output, cond, phase):
+    def gate_output(self, context, name, output, cond, phase):
         if phase == "train" and output.requires_grad:
             output.retain_grad()
             self.outputs[name] = output
 
     @hookimpl
-    def after_backward(self, trainer):
-        groups = {g["name"]: g["params"] for g in trainer.optim.param_groups}
+    def after_backward(self, context):
+        groups = {g["name"]: g["params"] for g in context.param_groups}
         rms = {n: torch.cat([p.grad.reshape(-1) for p in ps]).norm().item() /
                sum(p.numel() for p in ps) ** 0.5 for n, ps in groups.items()}
         out = self.outputs["length"]
@@ -100,7 +101,7 @@ def test_counterfactual_replaces_the_gate_by_its_training_mean(demo_root, tmp_pa
     summary = json.load(open(tmp_path / "diagnostics" / "summary.json"))
     gate = summary["gates"]["length"]
     head = trainer.gate_head
-    mean = trainer.diagnostics.tracks["length"].train_mean
+    mean = run_of(trainer.hook_context, create=False).tracks["length"].train_mean
     assert mean.shape == (trainer.cfg.TRAINER.COOP.N_CTX,)
     head.override = mean
     acc_const = probes.evaluate(trainer, trainer.test_loader)

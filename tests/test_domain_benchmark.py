@@ -36,13 +36,13 @@ def test_an_oracle_with_one_prompt_per_domain_beats_a_single_prompt(demo_root, t
     task = ("DATASET.NAME", "GatescopeMultiDomain")
     single = build_demo_trainer(demo_root, tmp_path / "single", opts=task)
     single.train()
-    single_acc = single.test()
+    single_acc = single.test()["accuracy"]
     per_domain = []
     for domain in ("light", "dark"):
         oracle = build_demo_trainer(demo_root, tmp_path / domain,
                                     opts=task + ("DATASET.SOURCE_DOMAINS", f'["{domain}"]'))
         oracle.train()
-        per_domain.append(oracle.test())
+        per_domain.append(oracle.test()["accuracy"])
     oracle_acc = sum(per_domain) / 2
     print(f"single prompt {single_acc:.1f}%, oracle {oracle_acc:.1f}% (light {per_domain[0]:.1f}, "
           f"dark {per_domain[1]:.1f})")

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from conftest import build_demo_trainer
 from gates import hookimpl
-from gates.manager import get_plugins
+from trainers.plugins import get_plugins
 
 FAST = ("OPTIM.MAX_EPOCH", 1, "DATASET.NUM_SHOTS", 2)
 # An mlp gate saturated at exactly 1.0 (sigmoid(100) rounds to 1 in float32) that still depends
@@ -84,12 +84,12 @@ class Recorder:
         self.calls = []
 
     @hookimpl
-    def gate_output(self, trainer, name, output, cond, phase):
+    def gate_output(self, context, name, output, cond, phase):
         self.calls.append((name, tuple(output.shape), tuple(cond.shape), phase, output.requires_grad))
 
     @hookimpl
-    def after_backward(self, trainer):
-        self.calls.append(("after_backward", trainer.gate_head.gate.net[-1].weight.grad is not None))
+    def after_backward(self, context):
+        self.calls.append(("after_backward", context.gate_heads[0].gate.net[-1].weight.grad is not None))
 
 
 def test_gate_output_reaches_the_hook_in_training_and_test(demo_root, tmp_path):

@@ -109,9 +109,11 @@ def test_coop_killed_mid_epoch_mid_checkpoint_and_mid_evaluation_ends_as_an_unin
     assert results(run_dir) == results(straight_dir)
 
 
+# Validated every epoch (best_val): the diagnostics evaluate at each validation and keep, between
+# evaluations, values their files do not hold (the class text features behind text_drift).
 GATED_OPTS = ("OPTIM.MAX_EPOCH", 2, "DATASET.NUM_SHOTS", 8, "TRAIN.CHECKPOINT_FREQ", 1,
               "TRAIN.DETERMINISTIC", True, "TRAIN.PRINT_FREQ", 100, "GATE.NAME", "mlp",
-              "DIAGNOSTICS.PLOTS", False)
+              "DIAGNOSTICS.PLOTS", False, "TEST.FINAL_MODEL", "best_val")
 
 
 def read_lines(path):
@@ -124,15 +126,17 @@ def test_gated_run_killed_twice_has_the_weights_and_diagnostics_of_an_uninterrup
     cmd = command("CoOpGated", demo_root, run_dir, GATED_OPTS)
     killed(cmd, "step@3")  # epoch 2, first step
     straight = start(command("CoOpGated", demo_root, straight_dir, GATED_OPTS))
-    # Killed in the final test: the resumed run trains nothing and must still know each gate's
-    # training-set mean (the counterfactual's constant) from the history.
-    killed(cmd, "evaluation@1")
+    # Killed in the final test (evaluation 1 of this process is epoch 2's validation): the resumed
+    # run trains nothing and must still know, from the checkpoint, each gate's training-set mean
+    # (the counterfactual's constant), the evaluations so far and the last class text features.
+    killed(cmd, "evaluation@2")
     stdout = completed(cmd)
     code, straight_out, straight_err = finish(straight)
     assert code == 0, straight_err[-3000:]
 
     assert_same_checkpoint(final_checkpoint(run_dir, 2), final_checkpoint(straight_dir, 2))
-    assert accuracy_lines(stdout) == accuracy_lines(straight_out) != []
+    # The last process ran only the final test; the straight run printed its validations too.
+    assert accuracy_lines(stdout) == accuracy_lines(straight_out)[-1:] != []
     for name in ("steps.jsonl", "epochs.jsonl"):
         assert read_lines(run_dir / "diagnostics" / name) == read_lines(straight_dir / "diagnostics" / name), name
     summaries = [json.loads((d / "diagnostics" / "summary.json").read_text()) for d in (run_dir, straight_dir)]
@@ -140,6 +144,10 @@ def test_gated_run_killed_twice_has_the_weights_and_diagnostics_of_an_uninterrup
         summary.pop("output_dir")
     assert summaries[0] == summaries[1]
     assert summaries[0]["gates"] and summaries[0]["evaluations"][-1]["gates"]
+    evaluations = [(e["epoch"], e["split"]) for e in summaries[0]["evaluations"]]
+    assert evaluations == [(0, "val"), (1, "val"), (1, "test")]
+    drifts = [e["embedding"]["text_drift"] for e in summaries[0]["evaluations"]]
+    assert drifts[0] is None and all(d is not None for d in drifts[1:]), drifts
 
 
 # 4 shots x 10 classes, batches of 8 drawn by RandomDomainSampler from python's global generator

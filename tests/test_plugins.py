@@ -9,7 +9,8 @@ import torch
 
 from conftest import REPO, build_demo_trainer
 from gates.contract import GateError
-from gates.manager import GatescopePlugins, PluginError, get_plugins
+from gates.manager import PluginError
+from trainers.plugins import get_plugins, load_plugins
 
 FAST = ("OPTIM.MAX_EPOCH", 1, "DATASET.NUM_SHOTS", 2)
 
@@ -24,7 +25,7 @@ def fake_distribution(root, dist, module, source, entry_name=None):
 
 
 def test_builtin_gates_register_like_plugins():
-    plugins = GatescopePlugins(autoload=False)
+    plugins = load_plugins(autoload=False)
     assert {"constant", "scalar", "mlp", "softmax", "topk", "gumbel", "keyquery", "sigmoid"} <= set(plugins.gates)
     assert all(plugins.gates[g].plugin.name == "gates.builtin" for g in ("constant", "mlp"))
 
@@ -33,14 +34,14 @@ def test_plugin_failing_at_import_is_named_with_its_distribution(tmp_path, monke
     fake_distribution(tmp_path, "broken-gate", "broken_gate_mod", "raise ImportError('no module named torchx')")
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(PluginError, match=r"plugin 'broken-gate' \(distribution broken-gate 0.1.*torchx"):
-        GatescopePlugins(autoload=True)
+        load_plugins(autoload=True)
 
 
 def test_autoload_can_be_turned_off(tmp_path, monkeypatch):
     fake_distribution(tmp_path, "broken-gate", "broken_gate_mod", "raise ImportError('boom')")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("GATESCOPE_DISABLE_PLUGIN_AUTOLOAD", "1")
-    assert "broken-gate" not in GatescopePlugins().info
+    assert "broken-gate" not in load_plugins().info
 
 
 def test_plugin_failing_at_registration_is_named(tmp_path, monkeypatch):
@@ -52,7 +53,7 @@ def test_plugin_failing_at_registration_is_named(tmp_path, monkeypatch):
     """)
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(PluginError, match="plugin 'bad-register'.*gatescope_register_gates.*forgot"):
-        GatescopePlugins(autoload=True)
+        load_plugins(autoload=True)
 
 
 def test_two_plugins_registering_one_gate_name_is_an_error_naming_both(tmp_path, monkeypatch):
@@ -64,7 +65,7 @@ def test_two_plugins_registering_one_gate_name_is_an_error_naming_both(tmp_path,
     """)
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(PluginError, match="gate 'mlp' is registered twice.*gates.builtin.*copycat"):
-        GatescopePlugins(autoload=True)
+        load_plugins(autoload=True)
 
 
 def test_gate_returning_a_wrong_shape_is_caught_when_the_model_is_built(tmp_path, monkeypatch, demo_root):
@@ -80,7 +81,7 @@ def test_gate_returning_a_wrong_shape_is_caught_when_the_model_is_built(tmp_path
             register("half", lambda cfg, k, d, kind: Half(k, d))
     """)
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr("gates.manager._MANAGER", GatescopePlugins(autoload=True))
+    monkeypatch.setattr("trainers.plugins._MANAGER", load_plugins(autoload=True))
     with pytest.raises(GateError, match=r"gate 'half' returned shape \(3, 3\); expected \(B, K\) = \(3, 4\)"):
         build_demo_trainer(demo_root, tmp_path / "out", trainer="CoOpGated", opts=FAST + ("GATE.NAME", "half"))
 
@@ -91,11 +92,11 @@ def test_unknown_gate_lists_the_available_ones(demo_root, tmp_path):
 
 
 def test_example_plugin_is_installed_and_used_through_gate_name(demo_root, tmp_path, monkeypatch):
-    plugins = GatescopePlugins(autoload=True)
+    plugins = load_plugins(autoload=True)
     assert "lowrank" in plugins.gates, "run `pip install ./tests/example_plugin` (the README's test command does)"
     info = plugins.gates["lowrank"].plugin
     assert (info.name, info.distribution, info.version) == ("lowrank", "gatescope-lowrank-gate", "0.1.0")
-    monkeypatch.setattr("gates.manager._MANAGER", plugins)
+    monkeypatch.setattr("trainers.plugins._MANAGER", plugins)
     trainer = build_demo_trainer(demo_root, tmp_path, trainer="CoOpGated",
                                  opts=FAST + ("GATE.NAME", "lowrank", "GATE.LOWRANK.RANK", 2))
     gate = trainer.gate_head.gate
@@ -136,7 +137,7 @@ def test_a_plugin_can_add_a_trainer_and_config_keys(tmp_path, monkeypatch):
             cfg.TWIN.ALPHA = 0.5
     """)
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr("gates.manager._MANAGER", GatescopePlugins(autoload=True))
+    monkeypatch.setattr("trainers.plugins._MANAGER", load_plugins(autoload=True))
     from trainers.config import extend_cfg
     from trainers.engine import TRAINER_REGISTRY, get_cfg_default
     # The registry is process-wide: give the plugin's trainer a copy that the test throws away.

@@ -11,9 +11,10 @@ import gates.remedies as remedies
 from conftest import REPO, build_demo_trainer
 from gates import hookimpl
 from gates.builtin import MLPGate, SigmoidGate, SoftmaxGate
-from gates.manager import PluginError, get_plugins
+from gates.manager import PluginError
 from gates.remedies import balance, entropy, gradnorm, temperature, zloss
-from trainers.gating import GateHead
+from gates import AppliedGate
+from trainers.plugins import get_plugins
 
 # 20 training images in batches of 8: 2 steps per epoch; no probes, no final test (speed).
 FAST = ("DATASET.NUM_SHOTS", 2, "DATALOADER.TRAIN_X.BATCH_SIZE", 8, "DIAGNOSTICS.PROBE_EPOCHS", "[]",
@@ -42,18 +43,18 @@ class EpochSnapshots:
         self.temperatures = []
 
     @staticmethod
-    def snapshot(trainer):
-        return {g["name"]: [p.detach().clone() for p in g["params"]] for g in trainer.optim.param_groups}
+    def snapshot(context):
+        return {g["name"]: [p.detach().clone() for p in g["params"]] for g in context.param_groups}
 
     @hookimpl
-    def before_epoch(self, trainer):
+    def before_epoch(self, context):
         if self.start is None:
-            self.start = self.snapshot(trainer)
+            self.start = self.snapshot(context)
 
     @hookimpl
-    def after_epoch(self, trainer):
-        self.after.append(self.snapshot(trainer))
-        self.temperatures.append([getattr(h.gate, "temperature", None) for h in trainer.gate_heads])
+    def after_epoch(self, context):
+        self.after.append(self.snapshot(context))
+        self.temperatures.append([getattr(h.gate, "temperature", None) for h in context.gate_heads])
 
 
 def train(demo_root, out, trainer_name, epochs, opts=(), probe=None):
@@ -116,10 +117,11 @@ def test_gradnorm_makes_the_received_ratio_one_and_leaves_the_raw_one(demo_root,
         assert rec["groups"]["prompt"]["received_rms"] == pytest.approx(rec["groups"]["prompt"]["rms"], rel=1e-9)
 
 
-def fake_trainer(cfg, groups, heads=()):
-    optim = SimpleNamespace(param_groups=[{"name": n, "params": ps} for n, ps in groups.items()])
-    return SimpleNamespace(cfg=SimpleNamespace(REMEDY=cfg, TRAINER=SimpleNamespace(NAME="Fake")), optim=optim,
-                           model=object(), gate_heads=list(heads), epoch=0, max_epoch=1)
+def fake_context(cfg, groups, heads=()):
+    """A stand-in for the HookContext the remedies receive, with the views they read."""
+    return SimpleNamespace(cfg=SimpleNamespace(REMEDY=cfg, TRAINER=SimpleNamespace(NAME="Fake")),
+                           param_groups=[{"name": n, "params": ps} for n, ps in groups.items()],
+                           model=object(), gate_heads=list(heads), epoch=0, max_epoch=1, store={})
 
 
 def with_grad(values):
@@ -138,9 +140,9 @@ def test_gradnorm_factor_cap_and_floor(gate_value, cap, floor, factor):
     cfg = remedy_cfg()
     cfg.GRADNORM.ENABLED, cfg.GRADNORM.CAP, cfg.GRADNORM.FLOOR = True, cap, floor
     prompt, gate = with_grad([1.0, -1.0, 1.0, -1.0]), with_grad([gate_value, -gate_value])
-    trainer = fake_trainer(cfg, {"prompt": [prompt], "gate": [gate]})
-    gradnorm.after_backward(trainer, cfg)
-    assert trainer.remedy_gradnorm_factor == pytest.approx(factor)
+    context = fake_context(cfg, {"prompt": [prompt], "gate": [gate]})
+    gradnorm.after_backward(context, cfg)
+    assert context.store["remedy_gradnorm_factor"] == pytest.approx(factor)
     assert torch.allclose(gate.grad, torch.tensor([gate_value, -gate_value]) * factor)
     assert torch.equal(prompt.grad, torch.tensor([1.0, -1.0, 1.0, -1.0]))
 
@@ -199,10 +201,10 @@ def test_init_sets_the_output_bias_and_scales_the_weights(demo_root, tmp_path):
     weight, hidden = layer.weight.detach().clone(), trainer.gate_head.gate.net[0].weight.detach().clone()
     assert float(layer.bias.detach().min()) > 5  # saturated by GATE.MLP.INIT_BIAS
     trainer.start_epoch = 1  # a resumed run keeps its checkpoint's values
-    remedies.before_train(trainer)
+    remedies.before_train(trainer.hook_context)
     assert float(layer.bias.detach().min()) > 5
     trainer.start_epoch = 0
-    remedies.before_train(trainer)
+    remedies.before_train(trainer.hook_context)
     assert torch.equal(layer.bias, torch.full_like(layer.bias, 0.5))
     assert torch.allclose(layer.weight, weight * 0.25)
     assert torch.equal(trainer.gate_head.gate.net[0].weight, hidden)  # only the output layer
@@ -212,12 +214,12 @@ def test_init_refuses_a_gate_without_logits_or_output_bias(demo_root, tmp_path):
     trainer = build_demo_trainer(demo_root, tmp_path, trainer="CoOpGated", opts=FAST + (
         "GATE.NAME", "keyquery", "GATE.TARGET", "pool", "REMEDY.INIT.ENABLED", True))
     with pytest.raises(ValueError, match="keyquery"):
-        remedies.before_train(trainer)
+        remedies.before_train(trainer.hook_context)
 
 
 # ---------------------------------------------------------------- auxiliary losses
 def trained_head(gate, cond):
-    head = GateHead(gate, "target", gate.kind)
+    head = AppliedGate(gate, "target", gate.kind)
     head.train()
     head(cond)
     return head
@@ -233,7 +235,7 @@ def test_entropy_directions_have_opposite_signs_and_effects():
         values = {}
         for direction in ("sharpen", "flatten"):
             cfg.ENTROPY.DIRECTION = direction
-            values[direction] = entropy.gate_losses(fake_trainer(cfg, {}, [head]), cfg)["entropy"]
+            values[direction] = entropy.gate_losses(fake_context(cfg, {}, [head]), cfg)["entropy"]
         assert float(values["sharpen"]) > 0 and values["flatten"].item() == pytest.approx(-values["sharpen"].item())
         # One gradient step on each direction's loss alone moves the entropy the named way.
         h0 = entropy.mean_entropy(head.last_output, gate.kind).item()
@@ -275,10 +277,10 @@ def test_zloss_hand_computed():
     softmax = trained_head(SoftmaxGate(4, 5, temperature=2.0), cond)
     z = softmax.gate.net(cond) / 2.0
     expected = 0.5 * torch.logsumexp(z, dim=-1).pow(2).mean()
-    assert zloss.gate_losses(fake_trainer(cfg, {}, [softmax]), cfg)["zloss"].item() == pytest.approx(expected.item())
+    assert zloss.gate_losses(fake_context(cfg, {}, [softmax]), cfg)["zloss"].item() == pytest.approx(expected.item())
     sigmoid = trained_head(SigmoidGate(3, 5, init_logit=2.0), cond)
-    assert zloss.gate_losses(fake_trainer(cfg, {}, [sigmoid]), cfg)["zloss"].item() == pytest.approx(0.5 * 4.0)
-    assert zloss.gate_losses(fake_trainer(cfg, {}, [sigmoid, softmax]), cfg)["zloss"].item() == \
+    assert zloss.gate_losses(fake_context(cfg, {}, [sigmoid]), cfg)["zloss"].item() == pytest.approx(0.5 * 4.0)
+    assert zloss.gate_losses(fake_context(cfg, {}, [sigmoid, softmax]), cfg)["zloss"].item() == \
         pytest.approx(expected.item() + 2.0)
 
 
@@ -298,7 +300,7 @@ def test_balance_losses_hand_computed():
     cfg.BALANCE.WEIGHT, cfg.BALANCE.KIND = 0.1, "switch"
     mask = trained_head(MLPGate(3, 5, hidden=0), torch.randn(4, 5))
     with pytest.raises(ValueError, match="simplex"):
-        balance.gate_losses(fake_trainer(cfg, {}, [mask]), cfg)
+        balance.gate_losses(fake_context(cfg, {}, [mask]), cfg)
 
 
 def test_gate_losses_reach_the_trainer_and_the_loss_competition(demo_root, tmp_path):
@@ -343,7 +345,7 @@ def test_explicit_weight_decay_is_set_on_prompt_and_gate_groups(demo_root, tmp_p
                                  opts=FAST + ("REMEDY.EXPLICIT_REG.WEIGHT_DECAY", 0.01))
     assert {g["name"]: g["weight_decay"] for g in trainer.optim.param_groups} == \
         {"prompt": trainer.cfg.OPTIM.WEIGHT_DECAY, "gate": trainer.cfg.OPTIM.WEIGHT_DECAY}
-    remedies.before_train(trainer)
+    remedies.before_train(trainer.hook_context)
     assert {g["name"]: g["weight_decay"] for g in trainer.optim.param_groups} == {"prompt": 0.01, "gate": 0.01}
 
 
@@ -354,9 +356,9 @@ def test_context_dropout_in_training_only_and_checkpoint_keys_unchanged(demo_roo
     keys = sorted(learner.state_dict())
     learner.train()
     clean = learner().detach()
-    remedies.before_train(trainer)
-    remedies.before_train(trainer)  # a second train() installs nothing twice
-    assert len(trainer._remedy_ctx_dropout_hooks) == 1
+    remedies.before_train(trainer.hook_context)
+    remedies.before_train(trainer.hook_context)  # a second train() installs nothing twice
+    assert len(trainer.hook_context.store["remedy_ctx_dropout_hooks"]) == 1
     n_prefix, n_ctx = learner.template.token_prefix.shape[1], learner.template.n_ctx
     torch.manual_seed(0)
     dropped = learner().detach()

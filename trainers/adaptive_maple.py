@@ -78,8 +78,9 @@ def add_bidir_keys(node):
 class AdaptiveGates:
     """Mixin for a MaPLe-family prompt learner: per-task length and depth gates.
 
-    Needs `self.length_gate` / `self.depth_gate` (GateHeads or None) and `self.depth_gates_text`
-    (whether the depth gates also scale the text tower's deep prompts) set by the constructor.
+    Needs `self.length_gate` / `self.depth_gate` (gates.AppliedGate or None) and
+    `self.depth_gates_text` (whether the depth gates also scale the text tower's deep prompts) set
+    by the constructor.
     """
 
     def task_gate(self, head):

@@ -94,8 +94,21 @@ def run_training(args):
 
 
 def train_main(argv=None, prog="train.py"):
+    import signal
+
+    from trainers.engine.trainer import SignalInterrupt
+
     args = build_train_parser(prog).parse_args(argv)
-    run_training(args)
+    try:
+        run_training(args)
+    except SignalInterrupt as stop:
+        # The run stopped cleanly (plugins flushed, writer closed, last checkpoint intact). End
+        # the way a process killed by that signal ends, so a shell loop or a sweep sees it.
+        print(f"Stopped: {stop}")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        signal.signal(stop.signum, signal.SIG_DFL)
+        os.kill(os.getpid(), stop.signum)
 
 
 def plugins_main(argv=None):
@@ -103,7 +116,7 @@ def plugins_main(argv=None):
     from tabulate import tabulate
 
     import trainers  # noqa: F401  (built-in trainers)
-    from gates.manager import get_plugins
+    from trainers.plugins import get_plugins
     from trainers.engine import TRAINER_REGISTRY
 
     plugins = get_plugins()

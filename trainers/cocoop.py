@@ -23,6 +23,9 @@ from .prompting import ClassPromptTemplate, init_context, prompts_per_chunk
 
 
 class CoCoOpPromptLearner(nn.Module):
+    """CoCoOp's `PromptLearner`: the context `ctx` and the `meta_net` (linear1-relu-linear2, the
+    names of CoCoOp's checkpoints) whose output shifts the context per image."""
+
     def __init__(self, backbone, classnames, n_ctx, ctx_init=""):
         super().__init__()
         ctx_vectors, prompt_prefix, n_ctx = init_context(backbone, n_ctx, ctx_init)
@@ -48,6 +51,9 @@ class CoCoOpPromptLearner(nn.Module):
 
 
 class CoCoOpCLIP(nn.Module):
+    """CoCoOp's `CustomCLIP`: per-image prompts encoded in memory-capped chunks of the batch
+    (CoCoOp's loop over images is `forward_per_image`); its `TextEncoder` is ClipBackbone's."""
+
     def __init__(self, prompt_learner, backbone, memory_mb=4096):
         super().__init__()
         self.prompt_learner = prompt_learner
@@ -84,6 +90,8 @@ class CoCoOpCLIP(nn.Module):
 
 @TRAINER_REGISTRY.register()
 class CoCoOp(FeatureCacheMixin, PromptTrainer):
+    """CoCoOp's trainer `CoCoOp(TrainerX)`."""
+
     CFG_NODE = "COCOOP"
 
     @staticmethod

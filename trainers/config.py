@@ -4,7 +4,7 @@ import os
 from yacs.config import CfgNode as CN
 
 from gates.config import add_gate_config
-from gates.manager import get_plugins
+from .plugins import get_plugins
 
 from .data.image_cache import add_image_cache_config
 from .data.registry import resolve_dataset

@@ -15,7 +15,8 @@ from .prompting import ClassPromptTemplate, init_context
 
 
 class CoOpPromptLearner(nn.Module):
-    """The learnable context `ctx` (the name CoOp's checkpoints use) and the class prompts."""
+    """CoOp's `PromptLearner`: the learnable context `ctx` (the name CoOp's checkpoints use) and
+    the class prompts (CoOp's `token_prefix` / `token_suffix` are in `ClassPromptTemplate`)."""
 
     def __init__(self, backbone, classnames, n_ctx, ctx_init="", csc=False, position="end"):
         super().__init__()
@@ -34,7 +35,8 @@ class CoOpPromptLearner(nn.Module):
 
 
 class CoOpCLIP(nn.Module):
-    """CLIP with CoOp's prompts: class text features from the learned context."""
+    """CoOp's `CustomCLIP`: CLIP with CoOp's prompts, class text features from the learned context.
+    CoOp's `TextEncoder` is `ClipBackbone.encode_text` (trainers/backbone/adapter.py)."""
 
     def __init__(self, prompt_learner, backbone):
         super().__init__()
@@ -52,6 +54,8 @@ class CoOpCLIP(nn.Module):
 
 @TRAINER_REGISTRY.register()
 class CoOp(FeatureCacheMixin, PromptTrainer):
+    """CoOp's trainer `CoOp(TrainerX)`; what every prompt trainer shares is in PromptTrainer."""
+
     CFG_NODE = "COOP"
 
     @staticmethod

@@ -59,7 +59,9 @@ def prompt_tokens(count, n, width, dtype):
 
 
 class DeepPromptCLIP(nn.Module):
-    """CLIP driven by a prompt learner that returns `Prompts`.
+    """The `CustomCLIP` of MaPLe, IVLP and VPT: CLIP driven by a prompt learner (their
+    `PromptLearner`) that returns `Prompts`, with deep prompts in both towers (their
+    `TextEncoder` and prompted image encoder are ClipBackbone's).
 
     With hand-written text prompts (`Prompts.text is None`, VPT) the class text features are
     computed once from `fixed_prompt` ("a photo of a {}.") and kept as a buffer.

@@ -31,6 +31,8 @@ import torchvision.transforms as T
 from torch.utils.data import BatchSampler, DataLoader, Dataset
 from yacs.config import CfgNode as CN
 
+from gates.plumbing import fork_rng
+
 from .engine.utils import atomic_write_bytes
 
 FORMAT_VERSION = 1
@@ -161,33 +163,6 @@ def load_features(path, key):
 
 
 # ------------------------------------------------------------------ building
-class _ForkedRNG:
-    """Run a block under its own seeded RNGs (torch, python, numpy) and restore the caller's after."""
-
-    def __init__(self, seed):
-        self.seed = seed
-
-    def __enter__(self):
-        import random
-
-        import numpy as np
-        self._fork = torch.random.fork_rng(devices=[])
-        self._fork.__enter__()
-        self._py, self._np = random.getstate(), np.random.get_state()
-        torch.manual_seed(self.seed)
-        random.seed(self.seed)
-        np.random.seed(self.seed % 2 ** 32)
-        return self
-
-    def __exit__(self, *exc):
-        import random
-
-        import numpy as np
-        random.setstate(self._py)
-        np.random.set_state(self._np)
-        return self._fork.__exit__(*exc)
-
-
 @torch.no_grad()
 def compute_features(encode, dataset, batch_size, num_workers, device, views=0, seed=0):
     """(N, D) features of `dataset` items' "img", or (N, A, D) for A augmented views each.
@@ -197,7 +172,7 @@ def compute_features(encode, dataset, batch_size, num_workers, device, views=0, 
     passes = max(1, views)
     out = []
     for a in range(passes):
-        with _ForkedRNG(seed * 1000003 + a):
+        with fork_rng(seed * 1000003 + a):
             loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
             out.append(torch.cat([encode(batch["img"].to(device)).float().cpu() for batch in loader]))
     return out[0] if not views else torch.stack(out, dim=1)

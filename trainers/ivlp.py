@@ -43,6 +43,8 @@ class VisualPromptStack(nn.Module):
 
 
 class IVLPPromptLearner(nn.Module):
+    """IVLP's `PromptLearner`: independent deep prompts for the text and the vision towers."""
+
     def __init__(self, backbone, classnames, cfg):
         super().__init__()
         text_layers, _ = n_layers(backbone)

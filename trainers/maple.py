@@ -22,6 +22,10 @@ from .prompting import ClassPromptTemplate
 
 
 class MaPLePromptLearner(nn.Module):
+    """MaPLe's `MultiModalPromptLearner` (its `PromptLearner`): the shallow context `ctx`, the
+    deeper text prompts `compound_prompts_text` and the language-to-vision projections, under
+    the names of MaPLe's checkpoints."""
+
     def __init__(self, backbone, classnames, n_ctx, ctx_init, depth):
         super().__init__()
         if not backbone.is_vit:
@@ -81,6 +85,8 @@ def cloned_linears(count, d_in, d_out, dtype):
 
 @TRAINER_REGISTRY.register()
 class MaPLe(PromptTrainer):
+    """MaPLe's trainer `MaPLe(TrainerX)`; its `CustomCLIP` is DeepPromptCLIP."""
+
     CFG_NODE = "MAPLE"
 
     @staticmethod

@@ -1,36 +1,37 @@
 """What every CoOp-family trainer shares, so that each method's file holds only its model.
 
 `PromptTrainer` builds the frozen backbone, asks the subclass for its CLIP wrapper
-(`build_custom_clip`), puts every learnable tensor into an explicitly named optimizer
-parameter group, and runs the training step: forward, named loss terms, backward, the
-`after_backward` point (gradients present and unscaled), the optimizer step, `after_step`.
-Checkpoints hold the registered prompt learner's state only (never the frozen CLIP).
+(`build_custom_clip`, CoOp's `CustomCLIP`), puts every learnable tensor into an explicitly
+named optimizer parameter group, and runs the training step: forward, named loss terms, then
+the engine's one optimizer step (`engine.step.optimizer_step`: backward, the `after_backward`
+point with gradients present and unscaled, the update, `after_step`). It calls the plugins'
+lifecycle hooks with its `HookContext` (gates/hookspecs.py gives the order) and saves their
+state with its checkpoints. Checkpoints hold the registered prompt learner's state only (never
+the frozen CLIP).
 """
-import json
-import math
-import os
 import warnings
 
 import torch
 import torch.nn.functional as F
 
-from gates.manager import get_plugins
+from gates.context import HookContext
 
 from .backbone import build_backbone
+from .backbone.adapter import capture_embeddings
 from .engine import TrainerX, build_lr_scheduler, build_optimizer
-from .engine.trainer import NonFiniteError
 from .engine.evaluator import compute_accuracy
-from .engine.utils import write_json_atomic
+from .engine.step import optimizer_step
+from .plugins import get_plugins
+from .prompting import ClassPromptTemplate
 
 PRECISIONS = ("fp16", "fp32", "amp")
 # Buffers that CoOp's prompt learner saved in its checkpoints; they are rebuilt from the
 # classnames, so loading an original CoOp checkpoint drops them (as CoOp's load_model does).
 REBUILT_BUFFERS = ("token_prefix", "token_suffix")
-RESULTS_FILE = "results.json"
 
 
 class PromptTrainer(TrainerX):
-    """Base class of the CoOp-family trainers.
+    """Base class of the CoOp-family trainers (what CoOp's `CoOp(TrainerX)` class does, once).
 
     Subclasses set `CFG_NODE` (their node under TRAINER, e.g. "COOP"), implement
     `add_config(cfg)` and `build_custom_clip(cfg, classnames, backbone)`; the returned module
@@ -125,85 +126,28 @@ class PromptTrainer(TrainerX):
         return summary
 
     def backward_and_step(self, loss, losses=None):
-        """Backward, after_backward, optimizer step, after_step; False when the step was skipped.
+        """The engine's one optimizer step (engine/step.py) on this trainer's optimizer; False
+        when TRAIN.NONFINITE skip skipped it."""
+        return optimizer_step(self, loss, {self.MODEL_NAME: self.optim}, losses=losses, scaler=self.scaler)
 
-        A NaN/Inf loss, or (fp32/fp16) a NaN/Inf in a parameter group's gradient, stops the run
-        (TRAIN.NONFINITE stop) or skips the step (skip). With amp, overflowing gradients are the
-        GradScaler's business (it skips the step and lowers the scale), so only the loss is checked.
-        """
-        if not torch.isfinite(loss.detach()).all():
-            terms = {k: float(v.detach()) for k, v in (losses or {}).items() if v.numel() == 1}
-            return self.nonfinite("the loss", f"loss {float(loss.detach().flatten()[0])}"
-                                  + (f" (terms: {terms})" if len(terms) > 1 else ""))
-        self.optim.zero_grad()
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.optim)
-        else:
-            loss.backward()
-        grad_l2 = self.group_grad_l2()
-        if self.scaler is None:
-            for name, l2 in grad_l2.items():
-                if not math.isfinite(l2):
-                    return self.nonfinite(f"parameter group '{name}'", self.count_nonfinite(name))
-        self.after_backward()
-        if self.scaler is not None:
-            self.scaler.step(self.optim)
-            self.scaler.update()
-        else:
-            self.optim.step()
-        self.after_step()
-        self.last_finite = {"step": self.step_label(), "loss": float(loss.detach()), "grad_l2": grad_l2}
-        return True
+    # ------------------------------------------------------------ what plugins see
+    @property
+    def hook_context(self):
+        """The HookContext handed to every lifecycle hook (one per trainer)."""
+        context = self.__dict__.get("_hook_context")
+        if context is None:
+            context = self.__dict__["_hook_context"] = HookContext(self)
+        return context
 
-    def group_grad_l2(self):
-        """{group name: L2 norm of its gradient} (NaN/Inf when a value is).
+    @property
+    def prompt_templates(self):
+        """The ClassPromptTemplate modules of the prompt learner."""
+        return [m for m in self.model.prompt_learner.modules() if isinstance(m, ClassPromptTemplate)]
 
-        Every step runs this, so no float64 copy of the gradients is made (norms accumulate in
-        float32, also for fp16 gradients) and the host waits for the device once, not per group.
-        """
-        names, norms = [], []
-        for i, group in enumerate(self.optim.param_groups):
-            grads = [p.grad.detach() for p in group["params"] if p.grad is not None]
-            names.append(group.get("name", f"group{i}"))
-            norms.append(torch.linalg.vector_norm(torch.stack(
-                [torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads]))
-                if grads else torch.zeros((), device=self.device))
-        values = torch.stack([n.to(self.device) for n in norms]).tolist() if norms else []
-        return dict(zip(names, values))
-
-    def count_nonfinite(self, group_name):
-        group = next(g for i, g in enumerate(self.optim.param_groups) if g.get("name", f"group{i}") == group_name)
-        grads = [p.grad.detach() for p in group["params"] if p.grad is not None]
-        n_nan = sum(int(torch.isnan(g).sum()) for g in grads)
-        n_inf = sum(int(torch.isinf(g).sum()) for g in grads)
-        return f"{n_nan} NaN and {n_inf} Inf among {sum(g.numel() for g in grads):,} gradient values"
-
-    def nonfinite(self, where, found):
-        """TRAIN.NONFINITE: "skip" counts and skips the step (returns False); "stop" lets the
-        plugins write their files (on_abort), then raises NonFiniteError naming the step, `where`
-        and the last finite values."""
-        self.optim.zero_grad()
-        if self.cfg.TRAIN.get("NONFINITE", "stop") == "skip":
-            self.nonfinite_skips += 1
-            print(f"Skipping {self.step_label()}: non-finite values in {where} ({found}); "
-                  f"{self.nonfinite_skips} step(s) skipped so far (TRAIN.NONFINITE skip)")
-            return False
-        last = getattr(self, "last_finite", None)
-        if last is None:
-            previous = "no earlier step of this process was finite"
-        else:
-            norms = ", ".join(f"{k} {v:.6g}" for k, v in last["grad_l2"].items())
-            previous = f"last finite step ({last['step']}): loss {last['loss']:.6g}, gradient L2 by group: {norms}"
-        error = NonFiniteError(
-            f"Non-finite values in {where} at {self.step_label()}: {found}. {previous}. "
-            "The diagnostics (when on) were written before stopping. Lower OPTIM.LR (or GATE.LR_MULT), "
-            "or set TRAIN.NONFINITE skip to skip such steps.")
-        try:
-            self.call_hook("on_abort", error=error)
-        except Exception as hook_error:  # the original error matters more than a failing flush
-            print(f"Warning: while stopping, {hook_error}")
-        raise error
+    @staticmethod
+    def capture_embeddings():
+        """A context manager collecting (image features, text features) of the forward passes inside it."""
+        return capture_embeddings()
 
     # ------------------------------------------------------------ lifecycle hooks
     # Defined here, not in the engine, so that they also run on Dassl's engine.
@@ -213,10 +157,13 @@ class PromptTrainer(TrainerX):
 
     def call_hook(self, hook, /, **kwargs):
         """Call a lifecycle hook; a plugin that raises is named with its distribution (PluginError)."""
-        return self.plugins.call_lifecycle(hook, trainer=self, **kwargs)
+        return self.plugins.call_lifecycle(hook, context=self.hook_context, **kwargs)
 
     def before_train(self):
-        super().before_train()
+        super().before_train()  # resumes: restores the trainer's state and stashes the plugins'
+        states = self.__dict__.pop("_plugin_states", None)
+        if states:
+            self.plugins.load_state_dicts(self.hook_context, states)
         self.call_hook("before_train")
 
     def before_epoch(self):
@@ -229,62 +176,43 @@ class PromptTrainer(TrainerX):
     def after_step(self):
         self.call_hook("after_step")
 
+    def after_test(self, split, results):
+        super().after_test(split, results)
+        self.call_hook("after_test", split=split, results=dict(results))
+
     def after_epoch(self):
         super().after_epoch()
         self.call_hook("after_epoch")
 
-    def after_train(self):
-        super().after_train()
-        self.call_hook("after_train")
+    def on_abort(self, error):
+        super().on_abort(error)
+        self.plugins.call_while_stopping("on_abort", context=self.hook_context, error=error)
 
-    def test(self, split=None):
-        evaluate, results = self.evaluator.evaluate, {}
-
-        def capture():
-            results.update(evaluate())
-            return results
-        self.evaluator.evaluate = capture
+    def finish_train(self):
+        """after_train for every plugin, then the engine's end (the writer closed last). While an
+        exception is stopping the run, a failing after_train is reported, not raised over it."""
         try:
-            first = super().test(split)
+            if self.run_error is None:
+                self.call_hook("after_train")
+            else:
+                self.plugins.call_while_stopping("after_train", context=self.hook_context)
         finally:
-            self.evaluator.evaluate = evaluate
-        split = split or self.cfg.TEST.SPLIT
-        if split == "val" and self.val_loader is None:
-            split = "test"
-        self.write_results(split, results)
-        self.call_hook("after_test", split=split, results=dict(results))
-        return first
-
-    def write_results(self, split, results):
-        """Merge this evaluation into `<output>/results.json`, which `gatescope summarize` reads.
-
-        Rewritten atomically after every test, so a killed run leaves the last complete file.
-        """
-        if not self.output_dir:
-            return
-        path = os.path.join(self.output_dir, RESULTS_FILE)
-        record = {}
-        if os.path.isfile(path):
-            try:
-                with open(path, encoding="utf-8") as f:
-                    record = json.load(f)
-            except (OSError, ValueError):
-                record = {}  # a torn file from an older writer: rebuilt below, never trusted
-        cfg = self.cfg
-        record.update({
-            "trainer": cfg.TRAINER.NAME, "dataset": cfg.DATASET.NAME, "seed": cfg.SEED,
-            "backbone": cfg.MODEL.BACKBONE.NAME, "num_shots": cfg.DATASET.NUM_SHOTS,
-            "subsample_classes": cfg.DATASET.SUBSAMPLE_CLASSES, "output_dir": self.output_dir,
-            "epoch": getattr(self, "epoch", -1) + 1, "max_epoch": cfg.OPTIM.MAX_EPOCH,
-            "eval_only": bool(getattr(self, "eval_only", False)),
-            "parent_trainer": self.PARENT_TRAINER,
-        })
-        record.setdefault("results", {})[split] = {k: float(v) for k, v in results.items()}
-        write_json_atomic(record, path)
+            super().finish_train()
 
     def gate_listener(self, name, output, cond, phase):
         """Handed to gated models: forwards each gate output to the gate_output hook."""
         self.call_hook("gate_output", name=name, output=output, cond=cond, phase=phase)
+
+    def training_state(self):
+        """The engine's (RNG, best result, skips) plus every plugin's state (their state_dict hooks)."""
+        state = super().training_state()
+        state["plugins"] = self.plugins.state_dicts(self.hook_context)
+        return state
+
+    def load_training_state(self, state):
+        super().load_training_state(state)
+        # Handed to the plugins in before_train, once the whole checkpoint is loaded.
+        self._plugin_states = state.get("plugins") or {}
 
     # ------------------------------------------------------------ checkpoints
     def load_model_state_dict(self, name, state_dict):

@@ -14,6 +14,8 @@ from .prompt_trainer import PromptTrainer
 
 
 class VPTPromptLearner(nn.Module):
+    """VPT's `PromptLearner`: deep prompts in the vision tower only (the text prompt is fixed)."""
+
     def __init__(self, backbone, cfg):
         super().__init__()
         if cfg.PROMPT_DEPTH_VISION < 1 or cfg.N_CTX_VISION < 1:

@@ -29,6 +29,9 @@ class GumbelSoftmaxGate(Gate):
         self.straight_through = bool(straight_through)
         self.net = nn.Linear(cond_dim, num_options)
 
+    def output_layer(self):
+        return self.net
+
     def sample_gumbel(self, like):
         """G ~ Gumbel(0, 1) of the shape of `like` (a method so tests can fix the noise)."""
         return -torch.empty_like(like).exponential_().log()

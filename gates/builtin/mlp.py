@@ -29,6 +29,9 @@ class MLPGate(Gate):
                 output_layer.weight.normal_(0.0, init_std)
             output_layer.bias.add_(init_bias)
 
+    def output_layer(self):
+        return self.net[-1]
+
     def forward(self, cond):
         logits = self.net(cond.to(self.net[-1].weight.dtype))
         return self.remember(torch.sigmoid(logits), logits)

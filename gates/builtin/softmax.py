@@ -21,6 +21,9 @@ class SoftmaxGate(Gate):
         self.temperature = float(check_positive(temperature, "GATE.SOFTMAX.TEMPERATURE"))
         self.net = conditioned_head(cond_dim, num_options, hidden)
 
+    def output_layer(self):
+        return self.net[-1]
+
     def forward(self, cond):
         logits = self.net(cond.to(self.net[-1].weight.dtype)) / self.temperature
         return self.remember(torch.softmax(logits, dim=-1), logits)

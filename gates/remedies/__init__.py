@@ -23,7 +23,7 @@ Remedy (module): keys -- failure mode targeted
 - (core) GATE.LR_MULT -- gradient imbalance, by a larger learning rate for the "gate" group
 - (core) gradient equalisation, GATE.{EQUALIZE_GRAD, ALPHA_MAX} -- the sigmoid's vanishing
   slope: dL/dz * clamp(1 / (g (1 - g)), 1, ALPHA_MAX), a tensor hook on the logits in
-  trainers/gating.py (GateHead.equalize_gradient); the study's gradient equalisation
+  gates/applied.py (AppliedGate.equalize_gradient); the study's gradient equalisation
 - (gate) an input-conditioned gate (mlp, softmax, ...) instead of a per-task one: the study's
   attempt to revive adaptation is a choice of GATE.NAME, not a remedy module
 
@@ -57,40 +57,40 @@ def gatescope_add_config(cfg):
 
 
 @hookimpl
-def before_train(trainer):
-    cfg = remedy_cfg(trainer)
+def before_train(context):
+    cfg = remedy_cfg(context)
     if cfg is None:
         return
     for check in _each("check"):
-        check(trainer, cfg)
+        check(context, cfg)
     for step in _each("before_train"):
-        step(trainer, cfg)
+        step(context, cfg)
 
 
 @hookimpl
-def before_epoch(trainer):
-    cfg = remedy_cfg(trainer)
+def before_epoch(context):
+    cfg = remedy_cfg(context)
     if cfg is not None:
         for step in _each("before_epoch"):
-            step(trainer, cfg)
+            step(context, cfg)
 
 
 @hookimpl(trylast=True)
-def after_backward(trainer):
-    cfg = remedy_cfg(trainer)
+def after_backward(context):
+    cfg = remedy_cfg(context)
     if cfg is not None:
         for step in _each("after_backward"):
-            step(trainer, cfg)
+            step(context, cfg)
 
 
 @hookimpl
-def gatescope_gate_losses(trainer):
-    cfg = remedy_cfg(trainer)
+def gatescope_gate_losses(context):
+    cfg = remedy_cfg(context)
     if cfg is None:
         return None
     losses = {}
     for compute in _each("gate_losses"):
-        losses.update(compute(trainer, cfg))
+        losses.update(compute(context, cfg))
     return losses or None
 
 

@@ -28,7 +28,7 @@ def add_config(remedy_cfg):
     remedy_cfg.BALANCE.KIND = "importance"  # importance | switch
 
 
-def check(trainer, cfg):
+def check(context, cfg):
     if cfg.BALANCE.WEIGHT and cfg.BALANCE.KIND not in KINDS:
         raise ValueError(f"REMEDY.BALANCE.KIND must be one of {KINDS}, got {cfg.BALANCE.KIND!r}")
 
@@ -44,17 +44,17 @@ def switch_loss(output):
     return num_options * (chosen.mean(dim=0) * output.mean(dim=0)).sum()
 
 
-def before_train(trainer, cfg):
+def before_train(context, cfg):
     if cfg.BALANCE.WEIGHT:
-        tell_if_no_gate(trainer, "REMEDY.BALANCE")
+        tell_if_no_gate(context, "REMEDY.BALANCE")
 
 
-def gate_losses(trainer, cfg):
+def gate_losses(context, cfg):
     node = cfg.BALANCE
     if node.WEIGHT == 0:
         return {}
     terms = []
-    for head, output, _, _ in training_outputs(trainer):
+    for head, output, _, _ in training_outputs(context):
         if node.KIND == "switch":
             if head.kind != "simplex":
                 raise ValueError(f"REMEDY.BALANCE.KIND switch needs a simplex gate (one choice per input); gate "

@@ -37,7 +37,7 @@ def add_config(remedy_cfg):
     remedy_cfg.ENTROPY.REDUCTION = "mean"  # mask gates: mean | sum over the options (the study's)
 
 
-def check(trainer, cfg):
+def check(context, cfg):
     node = cfg.ENTROPY
     if node.WEIGHT < 0:
         raise ValueError(f"REMEDY.ENTROPY.WEIGHT must be >= 0 (the sign is DIRECTION), got {node.WEIGHT}")
@@ -66,15 +66,15 @@ def mean_entropy(output, kind, logits=None, activation=None, reduction="mean"):
     return h.sum(dim=-1).mean() if reduction == "sum" else h.mean()
 
 
-def before_train(trainer, cfg):
+def before_train(context, cfg):
     if cfg.ENTROPY.WEIGHT:
-        tell_if_no_gate(trainer, "REMEDY.ENTROPY")
+        tell_if_no_gate(context, "REMEDY.ENTROPY")
 
 
-def gate_losses(trainer, cfg):
+def gate_losses(context, cfg):
     node = cfg.ENTROPY
     if node.WEIGHT == 0:
         return {}
     terms = [mean_entropy(out, head.kind, logits, act, node.REDUCTION)
-             for head, out, logits, act in training_outputs(trainer)]
+             for head, out, logits, act in training_outputs(context)]
     return {"entropy": DIRECTIONS[node.DIRECTION] * node.WEIGHT * sum(terms)} if terms else {}

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from .common import tell_once
 
-HOOKS_ATTR = "_remedy_ctx_dropout_hooks"
+HOOKS_KEY = "remedy_ctx_dropout_hooks"  # context.store: the forward pre-hooks, installed once per run
 
 
 def add_config(remedy_cfg):
@@ -27,28 +27,21 @@ def add_config(remedy_cfg):
     remedy_cfg.EXPLICIT_REG.CTX_DROPOUT = 0.0  # dropout probability on the context; 0 = off
 
 
-def check(trainer, cfg):
+def check(context, cfg):
     p = cfg.EXPLICIT_REG.CTX_DROPOUT
     if not 0.0 <= p < 1.0:
         raise ValueError(f"REMEDY.EXPLICIT_REG.CTX_DROPOUT must lie in [0, 1), got {p}")
 
 
-def set_weight_decay(trainer, value):
+def set_weight_decay(context, value):
     touched = 0
-    for group in trainer.optim.param_groups:
+    for group in context.param_groups:
         if group.get("name") in ("prompt", "gate"):
             group["weight_decay"] = float(value)
             touched += 1
     if not touched:
-        tell_once(trainer, "REMEDY.EXPLICIT_REG.WEIGHT_DECAY: the optimizer has no 'prompt' or 'gate' group; "
+        tell_once(context, "REMEDY.EXPLICIT_REG.WEIGHT_DECAY: the optimizer has no 'prompt' or 'gate' group; "
                            "it changes nothing")
-
-
-def prompt_templates(trainer):
-    from trainers.prompting import ClassPromptTemplate  # the prompt learners' context consumer
-
-    learner = getattr(trainer.model, "prompt_learner", None)
-    return [m for m in learner.modules() if isinstance(m, ClassPromptTemplate)] if learner is not None else []
 
 
 def context_dropout_hook(p):
@@ -61,20 +54,20 @@ def context_dropout_hook(p):
     return drop_context
 
 
-def install_context_dropout(trainer, p):
-    if getattr(trainer, HOOKS_ATTR, None) is not None:
+def install_context_dropout(context, p):
+    if context.store.get(HOOKS_KEY) is not None:
         return  # installed by an earlier train() of this trainer
-    templates = prompt_templates(trainer)
+    templates = getattr(context, "prompt_templates", [])
     if not templates:
         raise ValueError(f"REMEDY.EXPLICIT_REG.CTX_DROPOUT drops the context a ClassPromptTemplate receives, but "
-                         f"trainer {trainer.cfg.TRAINER.NAME} has none (no text context); set it to 0")
-    setattr(trainer, HOOKS_ATTR, [t.register_forward_pre_hook(context_dropout_hook(p), with_kwargs=True)
-                                  for t in templates])
+                         f"trainer {context.cfg.TRAINER.NAME} has none (no text context); set it to 0")
+    context.store[HOOKS_KEY] = [t.register_forward_pre_hook(context_dropout_hook(p), with_kwargs=True)
+                                for t in templates]
 
 
-def before_train(trainer, cfg):
+def before_train(context, cfg):
     node = cfg.EXPLICIT_REG
     if node.WEIGHT_DECAY >= 0:
-        set_weight_decay(trainer, node.WEIGHT_DECAY)
+        set_weight_decay(context, node.WEIGHT_DECAY)
     if node.CTX_DROPOUT > 0:
-        install_context_dropout(trainer, float(node.CTX_DROPOUT))
+        install_context_dropout(context, float(node.CTX_DROPOUT))

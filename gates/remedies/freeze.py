@@ -24,7 +24,7 @@ def add_config(remedy_cfg):
     remedy_cfg.FREEZE.LOGIT = 5.0  # the always-frozen gates' logit (sigmoid(5) = 0.993)
 
 
-def check(trainer, cfg):
+def check(context, cfg):
     if cfg.FREEZE.ALWAYS and cfg.INIT.ENABLED:
         raise ValueError("REMEDY.FREEZE.ALWAYS and REMEDY.INIT.ENABLED both set the gate's starting logits "
                          f"(to {cfg.FREEZE.LOGIT} and {cfg.INIT.LOGIT}); switch one of them off")
@@ -35,20 +35,20 @@ def frozen(cfg, epoch):
     return bool(node.ALWAYS) or (node.AFTER_EPOCH >= 0 and epoch >= node.AFTER_EPOCH)
 
 
-def before_train(trainer, cfg):
+def before_train(context, cfg):
     if not cfg.FREEZE.ALWAYS:
         return
-    heads = learnable_heads(trainer)
+    heads = learnable_heads(context)
     if not heads:
-        tell_once(trainer, f"REMEDY.FREEZE.ALWAYS: trainer {trainer.cfg.TRAINER.NAME} has no learnable gate; "
+        tell_once(context, f"REMEDY.FREEZE.ALWAYS: trainer {context.cfg.TRAINER.NAME} has no learnable gate; "
                            "it changes nothing")
         return
-    if getattr(trainer, "start_epoch", 0) == 0:
+    if getattr(context, "start_epoch", 0) == 0:
         for head in heads:
             set_gate_logits(head, cfg.FREEZE.LOGIT, weight_scale=0.0, key="REMEDY.FREEZE.ALWAYS")
 
 
-def after_backward(trainer, cfg):
-    if frozen(cfg, trainer.epoch):
-        (params,) = require_groups(trainer, "REMEDY.FREEZE", "gate")
+def after_backward(context, cfg):
+    if frozen(cfg, context.epoch):
+        (params,) = require_groups(context, "REMEDY.FREEZE", "gate")
         freeze_for_this_step(params)

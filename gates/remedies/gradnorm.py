@@ -12,7 +12,7 @@ gradient first), every gate gradient is multiplied by
 so the optimizer receives rho = 1 unless the cap binds. FLOOR 1 (default) only ever scales up:
 a gate whose gradient is already larger than the prompts' is left alone. With Adam the step is
 nearly scale-free, so this matters for SGD (the study's optimizer). The last factor is kept in
-`trainer.remedy_gradnorm_factor` (None when nothing was scaled).
+`context.store["remedy_gradnorm_factor"]` (None when nothing was scaled).
 """
 from yacs.config import CfgNode as CN
 
@@ -26,7 +26,7 @@ def add_config(remedy_cfg):
     remedy_cfg.GRADNORM.FLOOR = 1.0  # smallest factor (1: never shrink the gate gradient)
 
 
-def check(trainer, cfg):
+def check(context, cfg):
     node = cfg.GRADNORM
     if node.ENABLED and not 0 < node.FLOOR <= node.CAP:
         raise ValueError(f"REMEDY.GRADNORM needs 0 < FLOOR <= CAP, got FLOOR={node.FLOOR}, CAP={node.CAP}")
@@ -39,13 +39,13 @@ def scale_factor(prompt_rms, gate_rms, floor, cap):
     return min(max(prompt_rms / gate_rms, floor), cap)
 
 
-def after_backward(trainer, cfg):
+def after_backward(context, cfg):
     node = cfg.GRADNORM
     if not node.ENABLED:
         return
-    prompt, gate = require_groups(trainer, "REMEDY.GRADNORM", "prompt", "gate")
+    prompt, gate = require_groups(context, "REMEDY.GRADNORM", "prompt", "gate")
     factor = scale_factor(grad_rms(prompt), grad_rms(gate), float(node.FLOOR), float(node.CAP))
-    trainer.remedy_gradnorm_factor = factor
+    context.store["remedy_gradnorm_factor"] = factor
     if factor is None:
         return
     for p in gate:

@@ -23,16 +23,16 @@ def add_config(remedy_cfg):
     remedy_cfg.INIT.WEIGHT_SCALE = 1.0  # output weights are multiplied by this (1: unchanged)
 
 
-def before_train(trainer, cfg):
+def before_train(context, cfg):
     node = cfg.INIT
     if not node.ENABLED:
         return
-    heads = learnable_heads(trainer)
+    heads = learnable_heads(context)
     if not heads:
-        tell_once(trainer, f"REMEDY.INIT: trainer {trainer.cfg.TRAINER.NAME} has no learnable gate; "
+        tell_once(context, f"REMEDY.INIT: trainer {context.cfg.TRAINER.NAME} has no learnable gate; "
                            "it changes nothing")
         return
-    if getattr(trainer, "start_epoch", 0) != 0:
+    if getattr(context, "start_epoch", 0) != 0:
         return
     for head in heads:
         set_gate_logits(head, node.LOGIT, weight_scale=node.WEIGHT_SCALE, key="REMEDY.INIT")

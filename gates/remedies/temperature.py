@@ -29,7 +29,7 @@ def add_config(remedy_cfg):
     remedy_cfg.TEMPERATURE.SCHEDULE = "geometric"  # geometric | linear
 
 
-def check(trainer, cfg):
+def check(context, cfg):
     node = cfg.TEMPERATURE
     if not node.ENABLED:
         return
@@ -49,22 +49,22 @@ def temperature_at(epoch, max_epoch, start, end, schedule="geometric"):
     raise ValueError(f"REMEDY.TEMPERATURE.SCHEDULE must be one of {SCHEDULES}, got {schedule!r}")
 
 
-def tempered_gates(trainer):
-    heads = gate_heads(trainer)
+def tempered_gates(context):
+    heads = gate_heads(context)
     gates = [h.gate for h in heads if hasattr(h.gate, "temperature")]
     if heads and not gates:
         raise ValueError(f"REMEDY.TEMPERATURE anneals a gate's `temperature`, but gate '{heads[0].gate_name}' "
                          "has none; use a softmax, gumbel or keyquery gate, or switch it off")
     if not heads:
-        tell_once(trainer, f"REMEDY.TEMPERATURE: trainer {trainer.cfg.TRAINER.NAME} has no gate; "
+        tell_once(context, f"REMEDY.TEMPERATURE: trainer {context.cfg.TRAINER.NAME} has no gate; "
                            "it changes nothing")
     return gates
 
 
-def before_epoch(trainer, cfg):
+def before_epoch(context, cfg):
     node = cfg.TEMPERATURE
     if not node.ENABLED:
         return
-    value = temperature_at(trainer.epoch, trainer.max_epoch, float(node.START), float(node.END), node.SCHEDULE)
-    for gate in tempered_gates(trainer):
+    value = temperature_at(context.epoch, context.max_epoch, float(node.START), float(node.END), node.SCHEDULE)
+    for gate in tempered_gates(context):
         gate.temperature = float(value)

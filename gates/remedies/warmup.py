@@ -24,7 +24,7 @@ def add_config(remedy_cfg):
     remedy_cfg.WARMUP.MODE = "freeze_prompts"  # freeze_prompts | fix_gate
 
 
-def check(trainer, cfg):
+def check(context, cfg):
     node = cfg.WARMUP
     if node.EPOCHS and node.MODE not in MODES:
         raise ValueError(f"REMEDY.WARMUP.MODE must be one of {tuple(MODES)}, got {node.MODE!r}")
@@ -38,8 +38,8 @@ def frozen_group(cfg, epoch):
     return MODES[node.MODE] if node.EPOCHS > 0 and epoch < node.EPOCHS else None
 
 
-def after_backward(trainer, cfg):
-    group = frozen_group(cfg, trainer.epoch)
+def after_backward(context, cfg):
+    group = frozen_group(cfg, context.epoch)
     if group is not None:
-        (params,) = require_groups(trainer, "REMEDY.WARMUP", group)
+        (params,) = require_groups(context, "REMEDY.WARMUP", group)
         freeze_for_this_step(params)

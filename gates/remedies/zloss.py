@@ -28,17 +28,17 @@ def z_loss(logits, activation, kind="simplex"):
     return torch.logsumexp(logits, dim=-1).pow(2).mean()
 
 
-def before_train(trainer, cfg):
+def before_train(context, cfg):
     if cfg.ZLOSS.WEIGHT:
-        tell_if_no_gate(trainer, "REMEDY.ZLOSS")
+        tell_if_no_gate(context, "REMEDY.ZLOSS")
 
 
-def gate_losses(trainer, cfg):
+def gate_losses(context, cfg):
     weight = cfg.ZLOSS.WEIGHT
     if weight == 0:
         return {}
     terms = []
-    for head, _, logits, activation in training_outputs(trainer):
+    for head, _, logits, activation in training_outputs(context):
         if logits is None:
             raise ValueError(f"REMEDY.ZLOSS needs the gate's logits, but gate '{head.gate_name}' keeps no "
                              "`last_logits` (see gates/contract.py); switch it off for this gate")

@@ -1,7 +1,8 @@
 """A third-party gate for gatescope: g = sigmoid(U V x + b), with V of rank GATE.LOWRANK.RANK.
 
 Installed with `pip install ./tests/example_plugin`, it is found through the entry-point group
-"gatescope" and selected with `GATE.NAME lowrank`; nothing in gatescope changes.
+"gatescope" and selected with `GATE.NAME lowrank`; nothing in gatescope changes. Its lifecycle
+hook reads the run through `context` (gates.HookContext), the only surface a plugin uses.
 """
 import torch
 import torch.nn as nn
@@ -37,3 +38,12 @@ def gatescope_register_gates(register):
     def build(cfg, num_options, cond_dim, kind):
         return LowRankGate(num_options, cond_dim, cfg.GATE.LOWRANK.RANK, cfg.GATE.LOWRANK.INIT_BIAS)
     register("lowrank", build)
+
+
+@hookimpl
+def after_epoch(context):
+    # TensorBoard: the size of each low-rank projection, epoch by epoch.
+    for head in context.gate_heads:
+        if isinstance(head.gate, LowRankGate):
+            norm = head.gate.down.weight.norm().item()
+            context.write_scalar(f"lowrank/{head.name}/down_norm", norm, context.epoch + 1)

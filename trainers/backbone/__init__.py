@@ -13,7 +13,8 @@ def pretrained_from_cfg(value):
 
 
 def build_backbone(cfg):
-    """The frozen `ClipBackbone` named by MODEL.BACKBONE.NAME with weights MODEL.BACKBONE.PRETRAINED."""
+    """The frozen `ClipBackbone` named by MODEL.BACKBONE.NAME with weights MODEL.BACKBONE.PRETRAINED
+    (CoOp's `load_clip_to_cpu`, through open_clip)."""
     model = load_clip(cfg.MODEL.BACKBONE.NAME, pretrained_from_cfg(cfg.MODEL.BACKBONE.PRETRAINED))
     return ClipBackbone(model)
 

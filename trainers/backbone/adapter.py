@@ -69,7 +69,8 @@ class DeepPrompts:
 
 
 def encode_text_embeddings(clip, x, eot_idx, deep_prompts=None):
-    """open_clip's text tower from token embeddings (N, L, W), L <= context length, to EOT features.
+    """open_clip's text tower from token embeddings (N, L, W), L <= context length, to EOT features
+    (CoOp's `TextEncoder.forward`, with deep prompts).
 
     Shared by the frozen adapter and by the demo weights' pretraining, so both run exactly the
     same computation.
@@ -90,7 +91,9 @@ def encode_text_embeddings(clip, x, eot_idx, deep_prompts=None):
 
 
 class ClipBackbone(nn.Module):
-    """A frozen open_clip CLIP with prompt-learning entry points.
+    """A frozen open_clip CLIP with prompt-learning entry points: what CoOp's code takes from the
+    CLIP model `load_clip_to_cpu` returns, plus its `TextEncoder` (`encode_text`: prompt
+    embeddings in, EOT features out) and a prompted image encoder (`encode_image`).
 
     Attributes:
         ctx_dim: width of the text transformer (the dimension of prompt token embeddings).

@@ -9,6 +9,7 @@ captions such as "a photo of a star." or "a star on a noise background.". The ru
 deterministic and takes under a minute on 2 CPU cores; its result is cached as an open_clip
 state dict under `$GATESCOPE_CACHE` (default `~/.cache/gatescope`).
 """
+import io
 import os
 import os.path as osp
 import time
@@ -16,6 +17,8 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from gates.plumbing import atomic_write_bytes, fork_rng
 
 DEMO_WEIGHTS_TAG = "gatescope-demo"
 DEMO_ARCH = "gatescope-tiny"
@@ -46,13 +49,9 @@ def ensure_demo_weights(verbose=True):
     if verbose:
         print(f"Pretraining the tiny demo CLIP once (about a minute); caching it at {path}")
     state_dict = pretrain_demo_clip(verbose=verbose)
-    os.makedirs(osp.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        torch.save(state_dict, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)  # atomic: a concurrent or killed run never leaves half a file
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    atomic_write_bytes(path, buffer.getvalue())  # a concurrent or killed run never leaves half a file
     return path
 
 
@@ -93,8 +92,7 @@ def pretrain_demo_clip(verbose=True, **overrides):
     r = {**RECIPE, **overrides}
     generator = torch.Generator().manual_seed(r["seed"])
     images, tokens, labels = demo_corpus(r["corpus_size"], r["image_size"], r["seed"])
-    with torch.random.fork_rng():
-        torch.manual_seed(r["seed"])
+    with fork_rng(r["seed"]):
         model = open_clip.create_model(DEMO_ARCH)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=r["peak_lr"], weight_decay=r["weight_decay"])

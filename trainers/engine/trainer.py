@@ -3,12 +3,19 @@
 The lifecycle, as Dassl runs it (and as every gatescope trainer runs it)::
 
     trainer.train():
-        before_train()                      # resume from OUTPUT_DIR / RESUME, open TensorBoard
-        for epoch in range(start_epoch, max_epoch):
-            before_epoch()
-            run_epoch()                     # per batch: forward_backward(batch)
-            after_epoch()                   # val test (best_val), checkpoints
-        after_train()                       # "Finish training", final test()
+        try:
+            before_train()                  # resume from OUTPUT_DIR / RESUME, open TensorBoard
+            for epoch in range(start_epoch, max_epoch):
+                before_epoch()
+                run_epoch()                 # per batch: forward_backward(batch) -> optimizer_step
+                after_epoch()               # val test (best_val)
+                checkpoint_epoch()          # the epoch's checkpoints, its last act
+            after_train()                   # "Finish training", final test()
+        except BaseException as error:      # anything, KeyboardInterrupt and SIGTERM included
+            on_abort(error)
+            raise
+        finally:
+            finish_train()                  # always; closes the TensorBoard writer last
 
 Differences from Dassl, each fixing something its users hit:
 - the scheduler is bound to the live optimizer after a resume (Dassl's keeps driving a stale
@@ -22,10 +29,20 @@ Differences from Dassl, each fixing something its users hit:
   resumes from a checkpoint whose epoch is complete everywhere;
 - the run's config is kept in `<OUTPUT_DIR>/config.yaml` and a folder holding a run with another
   config is refused (TRAIN.OVERWRITE True replaces it);
-- a NaN or Inf loss raises `NonFiniteError` (a FloatingPointError) naming the step.
+- one optimizer step for every path (`step.optimizer_step`): TRAIN.NONFINITE stop/skip for a
+  NaN or Inf loss or gradient, and a NonFiniteError (a FloatingPointError) naming the step and
+  the group for a learning rate or parameters gone non-finite;
+- the loop ends in try/finally (Detectron2's `TrainerBase.train`): any exception, SIGTERM
+  included (turned into `SignalInterrupt` while training), reaches `on_abort` and `finish_train`,
+  so plugins write their files and writers are closed, and the last checkpoint stays resumable;
+- `test()` returns the evaluator's whole results dict (Dassl returns its first value) and calls
+  the `after_test(split, results)` point.
 """
+import contextlib
 import datetime
 import os.path as osp
+import signal
+import threading
 import time
 from collections import OrderedDict
 
@@ -44,6 +61,7 @@ from .checkpoint import (
 )
 from .evaluator import build_evaluator
 from .registry import Registry
+from .step import NONFINITE_POLICIES, NonFiniteError, optimizer_step, step_label
 from .utils import (
     AverageMeter,
     MetricMeter,
@@ -55,11 +73,40 @@ from .utils import (
 )
 
 TRAINER_REGISTRY = Registry("TRAINER")
-NONFINITE_POLICIES = ("stop", "skip")
+__all__ = ["TRAINER_REGISTRY", "NONFINITE_POLICIES", "NonFiniteError", "SignalInterrupt", "build_trainer",
+           "TrainerBase", "SimpleTrainer", "TrainerX"]
 
 
-class NonFiniteError(FloatingPointError):
-    """A NaN or Inf in the loss or a gradient stopped the run (TRAIN.NONFINITE stop)."""
+class SignalInterrupt(KeyboardInterrupt):
+    """SIGTERM (or another stop signal) received while training: raised in the main thread, so the
+    loop stops the way it does for Ctrl-C (on_abort, finish_train, nothing half-written)."""
+
+    def __init__(self, signum):
+        self.signum = signum
+        super().__init__(f"{signal.Signals(signum).name} received; the run stopped and can be resumed with the "
+                         "same command")
+
+
+@contextlib.contextmanager
+def signals_raise(signums=(signal.SIGTERM,)):
+    """While the block runs, each of `signums` raises SignalInterrupt in the main thread (once: the
+    handler restores the previous one as it fires, so a second signal acts as it would have).
+    Outside the main thread, where Python cannot install handlers, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {}
+
+    def handler(signum, frame):
+        signal.signal(signum, previous[signum])
+        raise SignalInterrupt(signum)
+    for signum in signums:
+        previous[signum] = signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
 
 
 def build_trainer(cfg):
@@ -221,10 +268,7 @@ class TrainerBase:
 
     def step_label(self):
         """`epoch E/N, batch B/M (global step S)` for messages (1-based epoch and batch)."""
-        epoch, batch = getattr(self, "epoch", 0), getattr(self, "batch_idx", 0)
-        num_batches = getattr(self, "num_batches", 0)
-        return (f"epoch {epoch + 1}/{getattr(self, 'max_epoch', '?')}, batch {batch + 1}/{num_batches or '?'} "
-                f"(global step {epoch * num_batches + batch})")
+        return step_label(self)
 
     # ------------------------------------------------------------ TensorBoard
     def init_writer(self, log_dir):
@@ -245,23 +289,43 @@ class TrainerBase:
 
     # ------------------------------------------------------------ loop
     def train(self, start_epoch, max_epoch):
+        """The loop of the module docstring. `run_error` holds the exception that stopped it (None
+        while running and after a completed run)."""
         self.start_epoch = start_epoch
         self.max_epoch = max_epoch
-        self.before_train()
-        if self.start_epoch >= self.max_epoch:  # resumed after the last epoch: only the final test is left
-            self.epoch = self.start_epoch - 1
-        for self.epoch in range(self.start_epoch, self.max_epoch):
-            self.before_epoch()
-            self.run_epoch()
-            self.after_epoch()
-            self.checkpoint_epoch()
-        self.after_train()
+        self.run_error = None
+        with signals_raise():
+            try:
+                self.before_train()
+                if self.start_epoch >= self.max_epoch:  # resumed after the last epoch: only the final test is left
+                    self.epoch = self.start_epoch - 1
+                for self.epoch in range(self.start_epoch, self.max_epoch):
+                    self.before_epoch()
+                    self.run_epoch()
+                    self.after_epoch()
+                    self.checkpoint_epoch()
+                self.after_train()
+            except BaseException as error:
+                self.run_error = error
+                self.on_abort(error)
+                raise
+            finally:
+                self.finish_train()
 
     def before_train(self):
         pass
 
     def after_train(self):
         pass
+
+    def on_abort(self, error):
+        """`error` is stopping the run (any exception): subclasses let their listeners write what
+        they hold. Must not raise."""
+        pass
+
+    def finish_train(self):
+        """Always the last act of train(), completed or not: the TensorBoard writer is closed."""
+        self.close_writer()
 
     def before_epoch(self):
         pass
@@ -307,11 +371,12 @@ class TrainerBase:
                 self._optims[name].step()
 
     def model_backward_and_update(self, loss, names=None):
-        self.model_zero_grad(names)
-        self.model_backward(loss)
-        self.after_backward()
-        self.model_update(names)
-        self.after_step()
+        """Dassl's step for the models `names`, through the one step every trainer uses
+        (`step.optimizer_step`: TRAIN.NONFINITE and the checks around the update); True when the
+        step was taken."""
+        optimizers = {name: self._optims[name] for name in self.get_model_names(names)
+                      if self._optims[name] is not None}
+        return optimizer_step(self, loss, optimizers, scaler=getattr(self, "scaler", None))
 
     # Per-step lifecycle points: gradients are present and unscaled in after_backward (before
     # the optimizer step); after_step follows the step. Plugins listen here (gates issue).
@@ -319,6 +384,10 @@ class TrainerBase:
         pass
 
     def after_step(self):
+        pass
+
+    def after_test(self, split, results):
+        """Called by test() with the split evaluated and the evaluator's results dict."""
         pass
 
 
@@ -398,13 +467,12 @@ class SimpleTrainer(TrainerBase):
             self.test()
         elapsed = str(datetime.timedelta(seconds=round(time.time() - self.time_start)))
         print(f"Elapsed: {elapsed}")
-        self.close_writer()
 
     def after_epoch(self):
         """Dassl's validation for TEST.FINAL_MODEL best_val; the saves follow in checkpoint_epoch."""
         do_test = not self.cfg.TEST.NO_TEST
         if do_test and self.cfg.TEST.FINAL_MODEL == "best_val":
-            curr_result = self.test(split="val")
+            curr_result = next(iter(self.test(split="val").values()))  # Dassl's: the first metric
             is_best = curr_result > self.best_result
             if is_best:
                 self.best_result = curr_result
@@ -425,6 +493,8 @@ class SimpleTrainer(TrainerBase):
 
     @torch.no_grad()
     def test(self, split=None):
+        """Evaluate on `split` (TEST.SPLIT by default; "val" without a val loader means "test") and
+        return the evaluator's results dict ({"accuracy": %, ...}; Dassl returns its first value)."""
         self.set_model_mode("eval")
         self.evaluator.reset()
         if split is None:
@@ -443,7 +513,8 @@ class SimpleTrainer(TrainerBase):
         results = self.evaluator.evaluate()
         for k, v in results.items():
             self.write_scalar(f"{split}/{k}", v, self.epoch)
-        return list(results.values())[0]
+        self.after_test(split, results)
+        return results
 
     def model_inference(self, input):
         return self.model(input)

@@ -2,12 +2,12 @@
 
 Differences from Dassl:
 - the logger tees stderr too (tracebacks and warnings end up in `log.txt`, not only on screen);
-- `write_json_atomic` (temp file + fsync + rename) so a result file is either whole or absent;
+- `write_json_atomic` (temp file + fsync + rename) so a result file is either whole or absent
+  (these writers live in `gates.plumbing`, shared by every package; here with the kill point);
 - `claim_output_dir` keeps one run's config per output folder (`config.yaml`), so a resume never
   mixes two configs;
 - `kill_point` lets the tests SIGKILL a run at a chosen point (env GATESCOPE_TEST_KILL_AT).
 """
-import json
 import os
 import os.path as osp
 import platform
@@ -16,18 +16,20 @@ import shutil
 import signal
 import sys
 import time
-import uuid
 import warnings
 from collections import defaultdict
 
 import numpy as np
 import torch
 
+from gates import plumbing
+from gates.plumbing import remove_stale_temp_files, write_json_atomic
+
 __all__ = [
     "set_random_seed", "setup_logger", "Logger", "collect_env_info", "AverageMeter", "MetricMeter",
     "mkdir_if_missing", "check_isfile", "tolist_if_not", "count_num_param", "atomic_write_bytes",
     "write_json_atomic", "set_deterministic", "kill_point", "KILL_AT_ENV", "RUN_CONFIG_FILE",
-    "RunConfigMismatchError", "config_differences", "claim_output_dir",
+    "RunConfigMismatchError", "config_differences", "claim_output_dir", "remove_stale_temp_files",
 ]
 
 
@@ -271,75 +273,11 @@ def count_num_param(model=None, params=None):
     raise ValueError("count_num_param() needs a model or params; got neither")
 
 
-def _fsync_dir(dirname):
-    # Make the rename itself durable; not possible on every platform (e.g. Windows), so best effort.
-    try:
-        fd = os.open(dirname, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def atomic_write_bytes(path, data, kill_point_name=None):
-    """Write `data` to `path` so that `path` holds either its old content or all of `data`.
-
-    The bytes go to a hidden temp file in the same folder (same file system, so the rename is
-    atomic), are flushed and fsync'ed, then `os.replace`d onto `path`. A crash at any point
-    leaves at worst a stray `.<name>.*.tmp` file (`remove_stale_temp_files` clears those),
-    never a truncated `path`. `kill_point_name` names the test kill point reached half-way.
-    """
-    path = os.fspath(path)
-    dirname = osp.dirname(osp.abspath(path))
-    mkdir_if_missing(dirname)
-    tmp_path = osp.join(dirname, f".{osp.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    # os.open with mode 0o666 (not tempfile.mkstemp's 0o600) so the final file gets the usual
-    # umask-based permissions and stays readable by collaborators.
-    fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            half = len(data) // 2
-            f.write(data[:half])
-            if kill_point_name:
-                f.flush()
-                kill_point(kill_point_name)
-            f.write(data[half:])
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        if osp.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
-    _fsync_dir(dirname)
-
-
-def write_json_atomic(obj, path, indent=2):
-    """Serialise `obj` as JSON and write it atomically (see `atomic_write_bytes`)."""
-    text = json.dumps(obj, indent=indent, sort_keys=False, allow_nan=True)
-    atomic_write_bytes(path, (text + "\n").encode("utf-8"))
-
-
-def remove_stale_temp_files(dirname):
-    """Delete the `.<name>.<pid>.<hex>.tmp` files a killed `atomic_write_bytes` left in `dirname`.
-
-    Only call it on a folder no other process is writing (a run's own output folder at resume).
-    Returns the paths removed.
-    """
-    removed = []
-    if not osp.isdir(dirname):
-        return removed
-    for name in os.listdir(dirname):
-        if name.startswith(".") and name.endswith(".tmp") and name.count(".") >= 4:
-            path = osp.join(dirname, name)
-            if osp.isfile(path):
-                os.remove(path)
-                removed.append(path)
-    return removed
+    """`gates.plumbing.atomic_write_bytes` (temp file, fsync, rename), with Dassl-layer test hook:
+    `kill_point_name` names the test kill point reached half-way through the write."""
+    halfway = (lambda: kill_point(kill_point_name)) if kill_point_name else None
+    plumbing.atomic_write_bytes(path, data, halfway=halfway)
 
 
 # ---------------------------------------------------------------- the run's config in its folder

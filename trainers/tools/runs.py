@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 
 import yaml
 
+
 from .layout import RunKey, parse_run_dir
 
 RESULTS_FILE = "results.json"

@@ -134,7 +134,7 @@ def installed_parents(names):
 
     if names - known():
         try:
-            from gates.manager import get_plugins
+            from trainers.plugins import get_plugins
             get_plugins().register_trainers(TRAINER_REGISTRY)
         except Exception:  # noqa: BLE001 - a broken plugin costs its delta column, not the summary
             pass

@@ -25,7 +25,6 @@
 import argparse
 import contextlib
 import datetime
-import json
 import os
 import shlex
 import signal
@@ -34,6 +33,8 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+
+from gates.plumbing import append_jsonl
 
 from .grid import GridError, Step, load_grid
 from .runs import FAILURES_FILE, is_complete, last_epoch, read_runs
@@ -222,7 +223,7 @@ def run_sweep(grid, address=None, num_cpus=None, cpus_per_run=None, gpus_per_run
         bar = tqdm(total=report.total, initial=len(report.skipped), desc=f"sweep {grid.name}", unit="run",
                    disable=not progress, file=sys.stderr)
         done_ids, shown = set(), None
-        with bar, open(report.failures_path, "a", encoding="utf-8") as failures, _cancel_on_interrupt(ray, pending):
+        with bar, _cancel_on_interrupt(ray, pending):
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
                 for ref in ready:
@@ -235,9 +236,7 @@ def run_sweep(grid, address=None, num_cpus=None, cpus_per_run=None, gpus_per_run
                                                              "status": "failed", "returncode": None,
                                                              "error_tail": f"{type(e).__name__}: {e}"}]}
                     records = _failure_records(cell.id, outcome, when)
-                    for record in records:
-                        failures.write(json.dumps(record) + "\n")
-                    failures.flush()
+                    append_jsonl(report.failures_path, records)
                     report.failed += records
                     if not records:
                         report.finished.append(cell.id)

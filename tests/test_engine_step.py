@@ -1,0 +1,138 @@
+"""The one optimizer step (trainers/engine/step.py): TRAIN.NONFINITE on both sides of the update,
+on the Dassl path and the prompt trainers' alike, and what results.json says of a run's health."""
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from conftest import build_demo_trainer
+from trainers.engine.step import NonFiniteError, optimizer_step
+from trainers.engine.trainer import TrainerBase
+
+
+class StepTrainer:
+    """The little of a trainer the step reads: the policy, the lifecycle points, the step's place."""
+
+    def __init__(self, policy="stop"):
+        self.cfg = SimpleNamespace(TRAIN={"NONFINITE": policy})
+        self.calls = []
+        self.epoch, self.batch_idx, self.num_batches, self.max_epoch = 0, 0, 1, 1
+
+    def after_backward(self):
+        self.calls.append("after_backward")
+
+    def after_step(self):
+        self.calls.append("after_step")
+
+
+def model_and_optim(lr, optimizer="sgd", values=(1.0, 2.0)):
+    param = torch.nn.Parameter(torch.tensor(values))
+    cls = torch.optim.SGD if optimizer == "sgd" else torch.optim.Adam
+    return param, cls([{"name": "prompt", "params": [param], "lr": lr}])
+
+
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_a_step_that_makes_the_weights_non_finite_is_never_kept(policy):
+    """Finite gradient x huge lr = Inf weights: a skip cannot help, so both policies stop."""
+    trainer = StepTrainer(policy)
+    param, optim = model_and_optim(lr=3e38)
+    loss = (param * 10.0).sum()  # gradient 10 per entry: 3e39 overflows float32
+    with pytest.raises(NonFiniteError, match=r"parameters of group 'prompt' after the optimizer step at epoch 1/1, "
+                                             r"batch 1/1.*0 NaN and 2 Inf among 2 values.*gradients were finite "
+                                             r"\(L2 14.14.*learning rate is 3e\+38.*TRAIN.NONFINITE skip cannot help"):
+        optimizer_step(trainer, loss, {"model": optim})
+    assert trainer.calls == ["after_backward"]  # after_step never sees the ruined weights
+    assert getattr(trainer, "nonfinite_skips", 0) == 0
+
+
+@pytest.mark.parametrize("lr,optimizer", [(1e39, "sgd"), (float("inf"), "sgd"), (float("nan"), "adam")])
+def test_a_learning_rate_the_dtype_cannot_hold_stops_before_the_step(lr, optimizer):
+    trainer = StepTrainer("skip")
+    param, optim = model_and_optim(lr=lr, optimizer=optimizer)
+    with pytest.raises(NonFiniteError, match=r"learning rate of parameter group 'prompt' is (1e\+39|inf|nan) at "
+                                             r"epoch 1/1.*float32 parameters cannot use.*was not taken"):
+        optimizer_step(trainer, param.sum(), {"model": optim})
+    assert torch.equal(param.detach(), torch.tensor([1.0, 2.0]))
+
+
+def test_an_optimizer_overflowing_its_own_step_size_is_a_non_finite_error_naming_the_group():
+    """Adam divides the lr by its bias correction: lr 1e38 is a float32 value, its first step is not."""
+    trainer = StepTrainer()
+    param, optim = model_and_optim(lr=1e38, optimizer="adam")
+    with pytest.raises(NonFiniteError, match=r"overflowed.*largest: parameter group 'prompt', lr 1e\+38"):
+        optimizer_step(trainer, param.sum(), {"model": optim})
+
+
+def test_a_huge_but_finite_gradient_is_not_called_non_finite():
+    """Its float32 norm overflows; the values are counted before anything is called NaN/Inf."""
+    trainer = StepTrainer()
+    param, optim = model_and_optim(lr=1e-40, values=(1.0, 1.0))
+    assert optimizer_step(trainer, (param * 3e38)[0], {"model": optim})  # gradient (3e38, 0)
+    assert trainer.calls == ["after_backward", "after_step"]
+
+
+class DasslStyle(TrainerBase):
+    """A Dassl-style trainer: one registered model, forward_backward through model_backward_and_update."""
+
+    def __init__(self, policy):
+        super().__init__()
+        self.cfg = SimpleNamespace(TRAIN={"NONFINITE": policy})
+        self.param, optim = model_and_optim(lr=0.1)
+        self.register_model("model", torch.nn.ParameterList([self.param]), optim)
+        self.epoch, self.batch_idx, self.num_batches, self.max_epoch = 0, 0, 1, 1
+
+
+def test_dassls_model_backward_and_update_honours_nonfinite_skip():
+    trainer = DasslStyle("skip")
+    assert trainer.model_backward_and_update(trainer.param.sum() * float("nan")) is False
+    assert trainer.nonfinite_skips == 1 and torch.equal(trainer.param.detach(), torch.tensor([1.0, 2.0]))
+    assert trainer.model_backward_and_update(trainer.param.sum()) is True
+    assert torch.allclose(trainer.param.detach(), torch.tensor([0.9, 1.9]))
+    with pytest.raises(NonFiniteError, match="the loss"):
+        DasslStyle("stop").model_backward_and_update(trainer.param.sum() * float("inf"))
+
+
+def test_lr_beyond_float32_through_gate_lr_mult_stops_naming_the_gate_group_after_writing_diagnostics(
+        demo_root, tmp_path):
+    """OPTIM.LR 1e38 x GATE.LR_MULT 10: torch's SGD would raise a raw overflow error in epoch 2
+    (epoch 1 is the constant warm-up); the run stops with a NonFiniteError instead, on_abort writes
+    the diagnostics, and epoch 1's checkpoint is intact."""
+    opts = ("OPTIM.MAX_EPOCH", 2, "DATASET.NUM_SHOTS", 2, "TRAIN.CHECKPOINT_FREQ", 1, "OPTIM.LR", 1e38,
+            "GATE.LR_MULT", 10.0, "TRAIN.NONFINITE", "skip", "DIAGNOSTICS.PLOTS", False)
+    trainer = build_demo_trainer(demo_root, tmp_path, trainer="CoOpGated", opts=opts)
+    with pytest.raises(NonFiniteError, match=r"learning rate of parameter group 'gate' is 1e\+39 at epoch 2/2"):
+        trainer.train()
+    summary = json.loads((tmp_path / "diagnostics" / "summary.json").read_text())
+    assert summary["aborted"].startswith("NonFiniteError")
+    checkpoint = torch.load(tmp_path / "prompt_learner" / "model.pth.tar-1", weights_only=True)
+    assert all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values())
+
+
+def test_results_json_records_skipped_steps_and_a_non_finite_end_state(demo_root, tmp_path):
+    opts = ("OPTIM.MAX_EPOCH", 1, "DATASET.NUM_SHOTS", 2, "TRAIN.NONFINITE", "skip")
+    trainer = build_demo_trainer(demo_root, tmp_path / "train", opts=opts)
+    compute_losses = trainer.compute_losses
+
+    def nan_first(output, label):
+        losses = compute_losses(output, label)
+        if trainer.batch_idx == 0:
+            losses["ce"] = losses["ce"] * float("nan")
+        return losses
+    trainer.compute_losses = nan_first
+    trainer.train()
+    record = json.loads((tmp_path / "train" / "results.json").read_text())
+    assert record["nonfinite_skips"] == 1 and record["finite_end_state"] is True
+
+    # Weights that are not finite (a damaged checkpoint, evaluated): the record says so.
+    path = tmp_path / "train" / "prompt_learner" / "model.pth.tar-1"
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["state_dict"]["ctx"][0, 0] = float("nan")
+    torch.save(checkpoint, path)
+    evaluator = build_demo_trainer(demo_root, tmp_path / "eval", opts=opts)
+    evaluator.load_model(str(tmp_path / "train"), epoch=1)
+    results = evaluator.test()
+    assert list(results)[0] == "accuracy" and "macro_f1" in results  # the whole results dict
+    record = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert record["finite_end_state"] is False and record["nonfinite_skips"] == 0
+    assert record["results"]["test"] == {k: float(v) for k, v in results.items()}

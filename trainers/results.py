@@ -1,0 +1,60 @@
+"""The results file: `<output>/results.json`, a built-in plugin listening to after_test.
+
+`gatescope summarize` reads it. It is rewritten atomically after every evaluation (the latest
+evaluation of each split is kept under "results"), so a killed run leaves the last complete file.
+Top-level keys say what the numbers are worth:
+
+- `nonfinite_skips` (int): training steps skipped for NaN/Inf values (TRAIN.NONFINITE skip);
+- `finite_end_state` (bool): every learnable tensor was finite when the latest evaluation ran.
+  A run whose weights went non-finite stops with a NonFiniteError, so this is false only for a
+  state that came from elsewhere (e.g. evaluating a damaged checkpoint): its accuracy is not a
+  result.
+"""
+import json
+import os
+
+import torch
+
+from gates import hookimpl
+from gates.plumbing import write_json_atomic
+
+RESULTS_FILE = "results.json"
+
+
+def finite_state(param_groups):
+    """True when every tensor of the optimizer's parameter groups is finite (one host sync)."""
+    flags = [torch.isfinite(p.detach()).all() for group in param_groups for p in group["params"]]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
+def results_record(context, previous, split, results):
+    """`previous` (the file's record, or {}) updated with the run's identity and this evaluation."""
+    cfg = context.cfg
+    record = dict(previous)
+    record.update({
+        "trainer": cfg.TRAINER.NAME, "dataset": cfg.DATASET.NAME, "seed": cfg.SEED,
+        "backbone": cfg.MODEL.BACKBONE.NAME, "num_shots": cfg.DATASET.NUM_SHOTS,
+        "subsample_classes": cfg.DATASET.SUBSAMPLE_CLASSES, "output_dir": context.output_dir,
+        "epoch": context.epoch + 1, "max_epoch": cfg.OPTIM.MAX_EPOCH, "eval_only": context.eval_only,
+        "parent_trainer": context.parent_trainer,
+        "nonfinite_skips": int(getattr(context, "nonfinite_skips", 0)), "finite_end_state": finite_state(context.param_groups),
+    })
+    record.setdefault("results", {})[split] = {k: float(v) for k, v in results.items()}
+    return record
+
+
+@hookimpl
+def after_test(context, split, results):
+    if not context.output_dir:
+        return
+    path = os.path.join(context.output_dir, RESULTS_FILE)
+    previous = {}
+    if os.path.isfile(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                previous = json.load(f)
+        except (OSError, ValueError):
+            previous = {}  # a torn file from an older writer: rebuilt below, never trusted
+        if not isinstance(previous, dict):
+            previous = {}
+    write_json_atomic(results_record(context, previous, split, results), path)
