@@ -390,13 +390,13 @@ def test_study_gate_flags_set_the_coop_and_cocoop_keys(demo_root, tmp_path):
     import os
 
     import trainers
-    from conftest import REPO
+    from conftest import DEMO_DATASET_CONFIG, REPO
     from trainers.cli import build_train_parser
 
     config = os.path.join(REPO, "configs", "trainers", "CoOp", "demo.yaml")
     args = build_train_parser().parse_args(
-        ["--trainer", "CoOp", "--config-file", config, "--root", demo_root, "--output-dir", str(tmp_path),
-         "--use_gate", "--gate_type", "vector", "--gate_lr", "0.07", "--gate_reg_lambda", "0.2",
+        ["--trainer", "CoOp", "--config-file", config, "--dataset-config-file", DEMO_DATASET_CONFIG, "--root", demo_root,
+         "--output-dir", str(tmp_path), "--use_gate", "--gate_type", "vector", "--gate_lr", "0.07", "--gate_reg_lambda", "0.2",
          "--gate_mode", "conditional", "--equalize_grad", "--alpha_max", "5"])
     cfg = trainers.setup_cfg(args)
     lr = cfg.OPTIM.LR  # the demo YAML's
@@ -408,7 +408,8 @@ def test_study_gate_flags_set_the_coop_and_cocoop_keys(demo_root, tmp_path):
     assert cfg.TRAINER.COCOOP.GATE_MODE == "conditional"
     assert cfg.TRAINER.NAME == "CoOpGated" and cfg.GATE.TARGET == "token_dim"
     plain = trainers.setup_cfg(build_train_parser().parse_args(
-        ["--trainer", "CoOp", "--config-file", config, "--root", demo_root, "--output-dir", str(tmp_path)]))
+        ["--trainer", "CoOp", "--config-file", config, "--dataset-config-file", DEMO_DATASET_CONFIG, "--root", demo_root,
+         "--output-dir", str(tmp_path)]))
     assert (plain.TRAINER.NAME, plain.TRAINER.COOP.USE_GATE, plain.TRAINER.COOP.GATE_LR_MUL) == ("CoOp", False, 1.0)
     with pytest.raises(ValueError, match="--gate_lr"):
         trainers.setup_cfg(build_train_parser().parse_args(
