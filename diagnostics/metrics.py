@@ -777,34 +777,63 @@ def summarise_change(examples, resamples=1000, level=0.95, seed=0):
             "acc_delta_ci": None if low is None else [low, high]}
 
 
-def input_dependence(first, second=None):
+def input_dependence(first, second=None, resamples=1000, seed=0):
     """How much a gate's output depends on its input, with the call-to-call noise taken out.
 
-    first, second: gate outputs (N, K) of two calls on the same N inputs (second None: the gate is
-    deterministic, i.e. second == first). Per option k, over inputs n:
+    first, second: gate outputs (N, K) of two calls on the same N inputs (second None, or equal to
+    first: the gate is deterministic). Per option k, over inputs n:
       total_var[k]  = mean_n (first[n, k] - mean_n first[n, k])^2   (population variance)
       repeat_var[k] = mean_n (first[n, k] - second[n, k])^2 / 2     (noise variance: with
                       y = f(x) + e, Var(y1 - y2) = 2 Var(e))
       input_std  = mean_k sqrt(total_var[k])              (what gate_output_stats calls input_std)
       repeat_std = mean_k sqrt(repeat_var[k])             (0 for a deterministic gate)
       signal_std = mean_k sqrt(max(total_var[k] - repeat_var[k], 0))   (the part the input explains)
-    A gate that outputs fresh noise has input_std > 0 and signal_std ~ 0. None for N = 0.
+      signal_std_low = sqrt(max(low, 0)), low the lower end of the 95 % bootstrap interval
+                      (bootstrap_mean_ci over inputs) of the mean over n of
+                      d[n] = mean_k [(first[n, k] - mean first[., k])^2 - (first[n, k] - second[n, k])^2 / 2];
+                      None for a deterministic gate, which needs no interval
+    A gate that outputs fresh noise has input_std > 0, signal_std near 0 (a square root magnifies
+    the sampling error of a variance near 0, hence the interval) and signal_std_low 0. Values are None for N = 0.
     """
     _check_gate_matrix(first, "mask")
+    keys = ("input_std", "repeat_std", "signal_std", "signal_std_low")
     x = first.detach().to(torch.float64)
     if x.shape[0] == 0 or x.shape[1] == 0:
-        return {"input_std": None, "repeat_std": None, "signal_std": None}
-    total = x.var(dim=0, correction=0)
-    if second is None:
-        repeat = torch.zeros_like(total)
-    else:
-        y = second.detach().to(torch.float64).to(x.device)
-        if y.shape != x.shape:
-            raise ValueError(f"input_dependence: the two calls' outputs have shapes {tuple(x.shape)} and "
-                             f"{tuple(y.shape)}; pass outputs of the same inputs")
-        repeat = ((x - y) ** 2).mean(dim=0) / 2.0
+        return dict.fromkeys(keys)
+    centred = (x - x.mean(dim=0)) ** 2
+    total = centred.mean(dim=0)
+    if second is None or torch.equal(second.detach().to(torch.float64).to(x.device), x):
+        return {"input_std": float(total.sqrt().mean()), "repeat_std": 0.0,
+                "signal_std": float(total.sqrt().mean()), "signal_std_low": None}
+    y = second.detach().to(torch.float64).to(x.device)
+    if y.shape != x.shape:
+        raise ValueError(f"input_dependence: the two calls' outputs have shapes {tuple(x.shape)} and "
+                         f"{tuple(y.shape)}; pass outputs of the same inputs")
+    noise = (x - y) ** 2 / 2.0
+    repeat = noise.mean(dim=0)
+    low, _ = bootstrap_mean_ci((centred - noise).mean(dim=1), resamples, 0.95, seed)
     return {"input_std": float(total.sqrt().mean()), "repeat_std": float(repeat.sqrt().mean()),
-            "signal_std": float((total - repeat).clamp(min=0.0).sqrt().mean())}
+            "signal_std": float((total - repeat).clamp(min=0.0).sqrt().mean()),
+            "signal_std_low": math.sqrt(max(low, 0.0)) if low is not None else None}
+
+
+def functional_effect(reference_kl, repeat_kl=None, resamples=1000, seed=0):
+    """The reproducible effect of replacing a gate by its reference, with a 95 % bootstrap interval.
+
+    reference_kl (N,): per input, KL(p with the learned gate || p with the reference gate) (nats);
+    repeat_kl (N,) or None: per input, KL between two calls of the learned gate (None or all 0 for a
+    deterministic gate). With y = f(x) + e and a reference c, for small changes E KL(y1 || c) ~
+    d^2 + s^2 and E KL(y1 || y2) ~ 2 s^2 (second-order expansion of KL, d the reproducible change,
+    s the noise), so per input e[n] = reference_kl[n] - repeat_kl[n] / 2 estimates d^2:
+      effect = mean_n e[n];  effect_low, effect_high = bootstrap_mean_ci(e) (resampling inputs)
+    For a deterministic gate e = reference_kl. All None for N = 0.
+    """
+    ref = _as_float64(reference_kl, "functional_effect").reshape(-1).cpu()
+    if ref.numel() == 0:
+        return {"effect": None, "effect_low": None, "effect_high": None}
+    e = ref if repeat_kl is None else ref - _as_float64(repeat_kl, "functional_effect").reshape(-1).cpu() / 2.0
+    low, high = bootstrap_mean_ci(e, resamples, 0.95, seed)
+    return {"effect": float(e.mean()), "effect_low": low, "effect_high": high}
 
 
 # --------------------------------------------------------------------------- linear probe

@@ -333,9 +333,12 @@ class RunDiagnostics:
             functional["train"] = {n: metrics.summarise_change(c, resamples) for n, c in train["changes"].items()}
         g = {"reference": reference, "functional": functional}
         ref = functional["test"].get(reference)
-        if ref is not None:
+        if ref is not None and ref["n"]:
+            repeat_kl = test["repeat"]["kl"] if test["repeat"] is not None else None
+            effect = metrics.functional_effect(test["changes"][reference]["kl"], repeat_kl, resamples)
             g.update(kl_reference=ref["kl"], delta_acc=ref["acc_delta"],
-                     kl_repeat=functional["test"]["repeat"]["kl"] if test["repeat"] is not None else 0.0)
+                     kl_repeat=functional["test"]["repeat"]["kl"] if test["repeat"] is not None else 0.0,
+                     kl_effect=effect["effect"], kl_effect_low=effect["effect_low"])
             if reference == "constant":
                 g["acc_constant_gate"] = ref["acc_other"]
         for name, key in (("shuffled_cond", "acc_shuffled_cond"), ("noise_cond", "acc_noise_cond")):
@@ -352,7 +355,7 @@ class RunDiagnostics:
         gate, labels = test["gate"], test["labels"]
         if gate is None or gate.shape[0] != labels.shape[0]:
             return g
-        g.update(metrics.input_dependence(gate, test["gate_repeat"]))
+        g.update(metrics.input_dependence(gate, test["gate_repeat"], resamples))
         g["eval_input_std"] = g.pop("input_std")
         choices = metrics.choices_from_gate(gate, track.kind)
         g["choice_top_share"] = metrics.choice_top_share(choices)

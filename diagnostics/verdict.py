@@ -12,7 +12,8 @@ Three questions (t = the thresholds, DEFAULT_THRESHOLDS for those not given):
               not measured. Always true for parameters trained by a surrogate loss by design
               (no_task_grad_params).
   varied      input-dependent gate: signal_std >= STD_MIN, where signal_std is the gate's std across
-              the evaluation set's inputs with its call-to-call noise taken out (input_std, the
+              the evaluation set's inputs with its call-to-call noise taken out (for a gate with noise at
+              evaluation, signal_std_low, the lower end of its 95 % bootstrap interval; input_std, the
               training median, when not measured); and not a fixed switch (saturation > SAT_MAX and
               choice_top_share > SAT_MAX: saturated, and nearly every input gets the same on/off
               pattern or option; a hard router whose saturated values differ by input is varied);
@@ -20,14 +21,16 @@ Three questions (t = the thresholds, DEFAULT_THRESHOLDS for those not given):
               per-task gate (the same values for every input by design: sigmoid, scalar, constant,
               AdaptiveMaPLe's length and depth gates): moved >= MOVE_MIN, moved = max_k |value now -
               value at initialisation| (a gate without parameters never moves).
-  functional  kl_effect >= KL_MIN, where kl_effect = kl_reference - kl_repeat / 2 (nats):
-              kl_reference = mean over the evaluation set of KL(p with the learned gate || p with the
-              gate replaced by its reference), the reference being the gate's training-set mean (a
+  functional  kl_effect_low >= KL_MIN: the lower end of the 95 % bootstrap interval (over inputs) of
+              kl_effect = mean_n (kl_reference[n] - kl_repeat[n] / 2) (nats), where per input n:
+              kl_reference[n] = KL(p with the learned gate || p with the gate replaced by its
+              reference) on the evaluation set, the reference being the gate's training-set mean (a
               constant gate: the input dependence removed) or, for a per-task gate, its initial
-              values (what it learned removed); kl_repeat = the same KL between two calls of the
+              values (what it learned removed); kl_repeat[n] = the same KL between two calls of the
               learned gate (0 for a gate without noise at evaluation; with noise, half of it is what
-              the noise alone contributes to kl_reference). When kl_reference was not measured,
-              the study's noise test decides: sensitivity_max >= SENSITIVITY_MIN.
+              the noise alone adds to kl_reference). When no counterfactual was measured,
+              the study's noise test decides: sensitivity_max >= SENSITIVITY_MIN. The interval makes
+              the test mean the same on a small test set as on a large one.
 
   order  verdict     rule (the first that holds)
   1      collapsed   not varied and not functional: a constant in all but name
@@ -138,6 +141,9 @@ def _trainable(f, t, reasons):
 def _varied_input_dependent(f, t, reasons):
     varied = True
     std, source = _measured(f.get("signal_std")), "input std at evaluation, call-to-call noise removed"
+    low = _measured(f.get("signal_std_low"))
+    if low is not None:  # a gate with noise at evaluation: judged on the interval's lower end
+        std, source = low, f"input std at evaluation, call-to-call noise removed (estimate {_fmt(std or 0.0)}, lower 95 % bound)"
     if std is None:
         std, source = _measured(f.get("input_std")), "input std (training median)"
     repeat = _measured(f.get("repeat_std"))
@@ -212,15 +218,18 @@ def _functional(f, t, reasons):
         reasons.append(f"functional (the study's noise test): noise on the gate logits moves the class logits by "
                        f"{_fmt(sens)} >= SENSITIVITY_MIN {_fmt(t['SENSITIVITY_MIN'])}")
         return True
-    effect = kl - repeat / 2.0
-    noise = f" minus half the call-to-call KL {_fmt(repeat)}" if repeat > 0 else ""
-    if effect < t["KL_MIN"]:
-        reasons.append(f"not functional: replacing the gate by {reference} changes the predictions by KL "
-                       f"{_fmt(kl)}{noise} = {_fmt(effect)} < KL_MIN {_fmt(t['KL_MIN'])} nats")
+    effect = _measured(f.get("kl_effect"))
+    effect = kl - repeat / 2.0 if effect is None else effect
+    low = _measured(f.get("kl_effect_low"))
+    judged, how = (low, "lower 95 % bound") if low is not None else (effect, "")
+    noise = f" less half the call-to-call KL {_fmt(repeat)}" if repeat > 0 else ""
+    detail = (f"changes the predictions by KL {_fmt(kl)}{noise}: reproducible effect {_fmt(effect)}"
+              + (f", {how} {_fmt(judged)}" if how else ""))
+    if judged < t["KL_MIN"]:
+        reasons.append(f"not functional: replacing the gate by {reference} {detail} < KL_MIN {_fmt(t['KL_MIN'])} nats")
         functional = False
     else:
-        reasons.append(f"functional: replacing the gate by {reference} changes the predictions by KL "
-                       f"{_fmt(kl)}{noise} = {_fmt(effect)} >= KL_MIN {_fmt(t['KL_MIN'])} nats")
+        reasons.append(f"functional: replacing the gate by {reference} {detail} >= KL_MIN {_fmt(t['KL_MIN'])} nats")
         functional = True
     if sens is not None:
         agree = (sens >= t["SENSITIVITY_MIN"]) == functional
