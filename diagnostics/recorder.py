@@ -63,19 +63,19 @@ class GateTrack:
     def finish_epoch(self, permutations=0):
         """The epoch's mean output, and MI(choice; label / domain) over its training batches: the
         plug-in value as `mi_label` / `mi_domain`, with its bias correction and permutation null as
-        `mi_label_test` / `mi_domain_test` (metrics.mutual_information_test)."""
+        `mi_label_stats` / `mi_domain_stats` (metrics.mutual_information_test)."""
         if self.count:
             self.train_mean = (self.sum / self.count).float()
         result = {}
         if self.choices:
             choices = torch.cat(self.choices)
             stats = metrics.mutual_information_test(choices, torch.cat(self.labels), permutations)
-            result["mi_label"], result["mi_label_test"] = stats["plugin"], stats
+            result["mi_label"], result["mi_label_stats"] = stats["plugin"], stats
             if self.domains:
                 domains = torch.cat(self.domains)
                 if domains.unique().numel() > 1:
                     stats = metrics.mutual_information_test(choices, domains, permutations)
-                    result["mi_domain"], result["mi_domain_test"] = stats["plugin"], stats
+                    result["mi_domain"], result["mi_domain_stats"] = stats["plugin"], stats
         return result
 
 
@@ -470,7 +470,7 @@ class RunDiagnostics:
                 "top_share": fig["top_share"], "magnitude_gap": fig["magnitude_gap_median"],
                 "effective_length": fig["effective_length"], "slope": fig["slope"], "dL_dg_rms": fig["dL_dg_rms"],
                 "mi_label": last_epoch.get("mi_label"), "mi_domain": last_epoch.get("mi_domain"),
-                "mi_label_train": last_epoch.get("mi_label_test"), "mi_domain_train": last_epoch.get("mi_domain_test"),
+                "mi_label_train": last_epoch.get("mi_label_stats"), "mi_domain_train": last_epoch.get("mi_domain_stats"),
                 "init_values": track.init_output.tolist() if track.init_output is not None
                 and track.init_output.numel() <= MAX_OPTIONS_LISTED else None,
                 "acc": last_eval.get("acc"),

@@ -88,6 +88,29 @@ def test_gate_with_a_gradient_scaled_by_1e4_is_imbalanced(demo_root, tmp_path, c
     assert g["verdict"] == "imbalanced"
 
 
+def test_diagnose_recomputes_a_finished_runs_verdicts_with_other_thresholds(demo_root, tmp_path, case_plugin,
+                                                                            capsys):
+    from trainers.cli import diagnose_main, main
+
+    run(demo_root, tmp_path, FAST + ("GATE.NAME", "tiny_grad") + VARIED_MLP)
+    capsys.readouterr()
+    assert main(["diagnose", str(tmp_path)]) == 0
+    assert "gate 'length': imbalanced\n" in capsys.readouterr().out
+    assert diagnose_main([str(tmp_path), "--set", "RHO_MIN", "1e-9"]) == 0
+    out = capsys.readouterr().out
+    assert "with RHO_MIN=1e-09" in out and "gate 'length': healthy (was imbalanced)" in out
+    assert "  - trainable: rho of the task loss" in out
+    assert diagnose_main([str(tmp_path / "diagnostics"), "--set", "kl_min", "1"]) == 0  # case and folder accepted
+    assert "inert (was imbalanced)" in capsys.readouterr().out
+    for bad in (["--set", "WINDOW", "0.2"], ["--set", "DELTA_MIN", "1"], ["--set", "KL_MIN", "small"]):
+        with pytest.raises(SystemExit):
+            diagnose_main([str(tmp_path), *bad])
+        err = capsys.readouterr().err
+        assert "cannot set" in err or "needs a number" in err
+    assert diagnose_main([str(tmp_path / "nowhere")]) == 2
+    assert "no diagnostics summary" in capsys.readouterr().err
+
+
 def test_input_dependent_gate_the_model_ignores_is_inert_even_with_an_auxiliary_loss(demo_root, tmp_path,
                                                                                       case_plugin):
     """The model computes the gate and uses the ungated prompt. A load-balancing loss on the gate
