@@ -215,7 +215,7 @@ def _or_zeros(grad, like):
     return torch.zeros_like(like) if grad is None else grad
 
 
-def task_gradient_probe(trainer, loader, heads, prompt_params, max_batches):
+def task_gradient_probe(trainer, loader, heads, prompt_params, max_batches, seed=0):
     """The task loss's gradient apart from every other loss term's, on training batches.
 
     For each batch (train mode, as a training step, without the step): losses =
@@ -229,6 +229,7 @@ def task_gradient_probe(trainer, loader, heads, prompt_params, max_batches):
     out = {h.name: {"rho_task": [], "dL_dg_task_rms": [], "aux_share": [], "task_grad_rms": []} for h in heads}
     prompt_params = [p for p in prompt_params if p.requires_grad]
     with quiet_probe(trainer):
+        torch.manual_seed(seed)  # the batches drawn (and any dropout) do not depend on when it runs
         trainer.model.train()
         for batch in test_batches(loader, max_batches):
             image, label = trainer.parse_batch_train(batch)

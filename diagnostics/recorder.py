@@ -276,8 +276,10 @@ class RunDiagnostics:
     def alternatives(self, track):
         """The altered gates each evaluation compares the learned one with, by name:
         input-dependent gate: "constant" (its training-set mean), "shuffled_cond" and "noise_cond";
-        per-task gate: "init" (its initial values) and "all_on" (the ungated model: every mask
-        value 1, or the simplex one-hot on the last option, the full prompt by convention)."""
+        per-task gate: "init" (its initial values), "all_on" (the ungated model: every mask
+        value 1, or the simplex one-hot on the last option, the full prompt by convention) and, for
+        a mask gate, the study's fixed schedules "schedule_uniform", "schedule_full_on",
+        "schedule_decay", "schedule_increase" (probes.fixed_schedules)."""
         head, out = track.head, {}
 
         def override(values):
@@ -300,6 +302,10 @@ class RunDiagnostics:
                 on = torch.ones(num_options) if track.kind == "mask" else torch.nn.functional.one_hot(
                     torch.tensor(num_options - 1), num_options).float()
                 out["all_on"] = override(on)
+                if track.kind == "mask":  # the study's fixed schedules in place of the learned values
+                    for name, values in probes.fixed_schedules(num_options).items():
+                        out[f"schedule_{name}"] = override(apply_test_mode(values.view(1, -1), "mask",
+                                                                           head.test_mode, head.threshold)[0])
             return out
         if self.cfg.COUNTERFACTUAL:
             mean = track.train_mean if track.train_mean is not None else self.mean_over_training_set(track)
@@ -347,6 +353,9 @@ class RunDiagnostics:
         if not head.input_dependent:
             if "all_on" in functional["test"]:
                 g["kl_all_on"] = functional["test"]["all_on"]["kl"]
+            schedules = {n[len("schedule_"):]: c["kl"] for n, c in functional["test"].items() if n.startswith("schedule_")}
+            if schedules:
+                g["kl_schedules"] = schedules
             values = probes.gate_values(head)
             g["values"] = values.tolist() if values.numel() <= MAX_OPTIONS_LISTED else None
             if track.init_output is not None:

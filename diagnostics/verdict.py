@@ -257,6 +257,13 @@ def _evidence(f, t, reasons):
     if on is not None:
         reasons.append(f"replacing it by all-on (the ungated model) changes the predictions by KL {_fmt(on)} nats"
                        f" ({'<' if on < t['KL_MIN'] else '>='} KL_MIN)")
+    schedules = {k: v for k, v in (f.get("kl_schedules") or {}).items() if _measured(v) is not None}
+    if schedules:
+        listed = ", ".join(f"{k} {_fmt(v)}" for k, v in schedules.items())
+        closest = min(schedules, key=schedules.get)
+        reasons.append(f"replacing it by the study's fixed schedules changes the predictions by KL {listed} nats; "
+                       f"closest: {closest}" + (" (< KL_MIN: it acts as that schedule)"
+                                                if schedules[closest] < t["KL_MIN"] else ""))
     gain = _measured(f.get("schedule_gain"))
     if gain is not None:
         best = f.get("schedule_best") or "a fixed schedule"
@@ -275,29 +282,38 @@ def _evidence(f, t, reasons):
 
 def routing_reason(target, cond_probe, gate_probe, mi, thresholds=None):
     """One sentence on whether the gate could and does route by `target` ("domain" or "label"):
-    "the signal is not there" (a linear probe from the conditioning is near chance), "the signal is
-    there but the gate ignores it", or "the gate follows it". None when nothing was measured."""
+    "the signal is not there" (the linear probe from the conditioning, cond_probe, is within
+    PROBE_MARGIN of chance), "the signal is there but the gate ignores it", "the gate's output
+    carries some of it but its choice does not follow it" (the probe from the gate's output,
+    gate_probe, beats chance by PROBE_MARGIN, the MI of its choice does not beat its null), or "the
+    gate follows it" (MI above its permutation null: p < MI_P_MAX). None when nothing was measured."""
     t = merged_thresholds(thresholds)
     if cond_probe is None and mi is None:
         return None
-    follows, evidence = False, []
+    chooses, carries, evidence = False, False, []
     if mi and mi.get("plugin") is not None:
         p = mi.get("p_value")
         evidence.append(f"MI(choice; {target}) {_fmt(mi['plugin'])} nats, null mean "
                         f"{_fmt(mi.get('null_mean') or 0.0)}" + (f", p {_fmt(p)}" if p is not None else ""))
-        follows = p is not None and p < t["MI_P_MAX"] and (mi.get("excess") or 0.0) > 0
+        chooses = p is not None and p < t["MI_P_MAX"] and (mi.get("excess") or 0.0) > 0
     if gate_probe:
         evidence.append(f"probe from the gate's output {_fmt(gate_probe['accuracy'])} %")
-        follows = follows or gate_probe["margin"] >= t["PROBE_MARGIN"]
+        carries = gate_probe["margin"] >= t["PROBE_MARGIN"]
     evidence = "; ".join(evidence)
+    if chooses:
+        follows = f"the gate follows the {target}"
+    elif carries:
+        follows = f"the gate's output carries some of the {target} but its choice does not follow it"
+    else:
+        follows = None
     if cond_probe is None:
-        return f"the gate's choice {'follows' if follows else 'does not follow'} the {target} ({evidence})"
+        return f"{follows or f'the gate does not follow the {target}'} ({evidence})"
     probe = (f"a linear probe from the gate's conditioning reaches {_fmt(cond_probe['accuracy'])} % on held-out "
              f"data, chance {_fmt(cond_probe['chance'])} %")
     if cond_probe["margin"] < t["PROBE_MARGIN"]:
         return f"the {target} signal is not there: {probe}" + (f" ({evidence})" if evidence else "")
     if follows:
-        return f"the gate follows the {target}: {probe}; {evidence}"
+        return f"{follows}: {probe}; {evidence}"
     return f"the {target} signal is there but the gate ignores it: {probe}; {evidence}"
 
 
@@ -307,7 +323,7 @@ def gate_verdict(figures, thresholds=None):
     figures: the gate's entry of summary.json (a dict; keys read: kind, input_dependent,
     no_task_grad_params, rho_task, rho_median, aux_share, signal_std, input_std, eval_input_std,
     repeat_std, saturation, choice_top_share, effective_options, moved, reference, kl_reference,
-    kl_repeat, sensitivity_max, and as evidence magnitude_gap, kl_all_on, schedule_gain,
+    kl_repeat, sensitivity_max, and as evidence magnitude_gap, kl_all_on, kl_schedules, schedule_gain,
     schedule_best, functional, linear_probe, mi). thresholds: a dict or the cfg.DIAGNOSTICS node
     (missing keys take DEFAULT_THRESHOLDS). The rules are in this module's docstring.
     Raises ValueError for a kind other than mask or simplex.

@@ -567,6 +567,8 @@ def test_routing_reason_tells_missing_signal_from_ignored_signal():
     assert routing_reason("domain", readable, chance, null_mi).startswith(
         "the domain signal is there but the gate ignores it")
     assert routing_reason("domain", readable, None, routed_mi).startswith("the gate follows the domain")
+    assert routing_reason("domain", readable, readable, null_mi).startswith(
+        "the gate's output carries some of the domain but its choice does not follow it")
     assert routing_reason("domain", None, None, None) is None
 
 

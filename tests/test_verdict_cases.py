@@ -207,5 +207,9 @@ def test_per_task_gate_that_stays_at_its_init_is_collapsed(demo_root, tmp_path):
     assert g["init_values"] == pytest.approx([torch.sigmoid(torch.tensor(1.0)).item()] * 4)
     assert g["moved"] == 0.0 and g["kl_reference"] == 0.0 and g["rho_task"] > 0.01
     assert g["kl_all_on"] > 1e-3 and any("all-on" in r for r in g["reasons"])
+    # the study's fixed schedules in its place: "uniform" (0.5) and "full_on" (sigmoid(2) = 0.88) differ
+    assert set(g["kl_schedules"]) == {"uniform", "full_on", "decay", "increase"}
+    assert all(v > 0 for v in g["kl_schedules"].values())
+    assert any("the study's fixed schedules" in r for r in g["reasons"])
     assert any("per-task gate" in r for r in g["reasons"])
     assert g["verdict"] == "collapsed"
