@@ -110,25 +110,6 @@ def random_gate(num_options, effective_length, seed=0):
     return g
 
 
-def counterfactual(trainer, loader, head, mean_output):
-    """Accuracy with `head`'s output replaced by its training-set mean (a constant gate)."""
-    with quiet_probe(trainer):
-        head.override = mean_output.to(trainer.device)
-        return evaluate(trainer, loader)
-
-
-def input_tests(trainer, loader, head, seed=0):
-    """Accuracy with the conditioning shuffled across the batch, and replaced by noise."""
-    out = {}
-    with quiet_probe(trainer):
-        torch.manual_seed(seed)
-        head.cond_transform = shuffled
-        out["acc_shuffled_cond"] = evaluate(trainer, loader)
-        head.cond_transform = same_moments_noise
-        out["acc_noise_cond"] = evaluate(trainer, loader)
-    return out
-
-
 def _reset(head):
     head.override = head.cond_transform = head.output_transform = None
 

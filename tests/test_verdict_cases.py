@@ -213,3 +213,16 @@ def test_per_task_gate_that_stays_at_its_init_is_collapsed(demo_root, tmp_path):
     assert any("the study's fixed schedules" in r for r in g["reasons"])
     assert any("per-task gate" in r for r in g["reasons"])
     assert g["verdict"] == "collapsed"
+
+
+def test_shuffled_conditioning_is_a_random_permutation_not_a_shift():
+    """In a test set ordered by domain a shift by one keeps the neighbour's domain 87 % of the time;
+    the probe draws a random permutation of the batch's rows."""
+    from diagnostics.probes import shuffled
+
+    cond = torch.arange(100.0).view(100, 1)
+    torch.manual_seed(0)
+    out = shuffled(cond)
+    assert sorted(out.view(-1).tolist()) == cond.view(-1).tolist()  # the same rows ...
+    assert (out.view(-1) - cond.view(-1)).abs().le(1).float().mean() < 0.1  # ... rarely a neighbour's
+    assert torch.equal(shuffled(cond[:1]), cond[:1])
