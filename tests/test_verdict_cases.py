@@ -226,3 +226,8 @@ def test_shuffled_conditioning_is_a_random_permutation_not_a_shift():
     assert sorted(out.view(-1).tolist()) == cond.view(-1).tolist()  # the same rows ...
     assert (out.view(-1) - cond.view(-1)).abs().le(1).float().mean() < 0.1  # ... rarely a neighbour's
     assert torch.equal(shuffled(cond[:1]), cond[:1])
+
+
+def test_the_old_accuracy_threshold_says_what_replaced_it(demo_root, tmp_path):
+    with pytest.raises(KeyError, match="DIAGNOSTICS.DELTA_MIN was renamed to DIAGNOSTICS.KL_MIN.*nats"):
+        build(demo_root, tmp_path, opts=("DIAGNOSTICS.DELTA_MIN", 1.0))
