@@ -253,6 +253,12 @@ def _evidence(f, t, reasons):
                        f"cross-entropy {_fmt(reference['loss_base'])} vs {_fmt(reference['loss_other'])} nats, "
                        f"mean |delta logits| {_fmt(reference['mean_abs_logit_delta'])}, "
                        f"{_fmt(100 * reference['changed_share'])} % of predictions change")
+    for name, text in (("shuffled_cond", "the conditioning of other images of the batch"),
+                       ("noise_cond", "noise of the conditioning's mean and std")):
+        probe = _get(f, "functional", "test", name)
+        if probe and probe.get("kl") is not None:
+            reasons.append(f"fed {text}, the model's predictions change by KL {_fmt(probe['kl'])} nats, accuracy "
+                           f"{-probe['acc_delta']:+.2f} points")
     on = _measured(f.get("kl_all_on"))
     if on is not None:
         reasons.append(f"replacing it by all-on (the ungated model) changes the predictions by KL {_fmt(on)} nats"

@@ -541,11 +541,14 @@ def test_verdict_evidence_schedules_gap_and_accuracy():
     v, reasons = verdict(schedule_gain=0.5, schedule_best="full_on", magnitude_gap=2.6, reference="constant",
                          functional={"test": {"constant": dict(n=160, acc_delta=1.25, acc_delta_ci=[-0.6, 3.1],
                                                                loss_base=0.8, loss_other=0.9, changed_share=0.05,
-                                                               mean_abs_logit_delta=0.2)}})
+                                                               mean_abs_logit_delta=0.2),
+                                              "shuffled_cond": dict(kl=0.04, acc_delta=2.5)}})
     assert v == "healthy"  # evidence, not a rule
     assert any(r.startswith("no real adaptation (the study's rule)") and "full_on" in r for r in reasons)
     assert "log10 gradient gap 2.6 > GAP_SEVERE 2 (the study's severe)" in reasons
     assert any("accuracy +1.25 points [-0.6, 3.1]" in r and "cross-entropy 0.8 vs 0.9" in r for r in reasons)
+    assert ("fed the conditioning of other images of the batch, the model's predictions change by KL 0.04 nats, "
+            "accuracy -2.50 points") in reasons
 
 
 def test_verdict_thresholds_partial_override_and_unmeasured():
