@@ -15,9 +15,9 @@ def add_diagnostics_config(cfg):
     # Functional measures, at each evaluation (never per training step):
     d.COUNTERFACTUAL = True  # the gate replaced by its reference (training mean; per-task: initial values, all-on)
     d.INPUT_TESTS = True  # the conditioning shuffled across the batch (a random permutation), and noise
-    d.TRAIN_SET = True  # the counterfactual on the training set too, and the linear probes (they fit on it)
+    d.TRAIN_SET = True  # at test evaluations: the counterfactual on the training set, the linear probes
     d.TRAIN_BATCHES = 0  # training batches those use (0: the whole training set)
-    d.GRAD_BATCHES = 4  # training batches for rho of the task loss alone (0: none)
+    d.GRAD_BATCHES = 4  # at test evaluations: training batches for rho of the task loss alone (0: none)
     d.BOOTSTRAP = 1000  # resamples of the accuracy delta's bootstrap interval
     d.PERMUTATIONS = 200  # shuffles of the labels / domains for the MI permutation null
     d.EMBEDDING = True  # at each evaluation: image-text alignment, class separation, silhouette, text drift

@@ -263,9 +263,12 @@ class RunDiagnostics:
         if self.cfg.EMBEDDING:
             entry["embedding"], self.last_class_text = probes.embedding_probe(
                 t, loader, getattr(self, "last_class_text", None))
+        # The training-set passes (counterfactual, linear probes, task gradient) cost about two
+        # passes over the training set: done at test evaluations, not at every epoch's validation.
+        on_train_set = split != "val"
         for name, track in self.tracks.items():
-            entry["gates"][name] = self.functional_figures(track, loader)
-        if int(self.cfg.GRAD_BATCHES) > 0 and getattr(t, "train_loader_x", None) is not None:
+            entry["gates"][name] = self.functional_figures(track, loader, on_train_set)
+        if on_train_set and int(self.cfg.GRAD_BATCHES) > 0 and getattr(t, "train_loader_x", None) is not None:
             split_grads = probes.task_gradient_probe(t, t.train_loader_x, [tr.head for tr in self.tracks.values()],
                                                      self.group_params.get("prompt", []), int(self.cfg.GRAD_BATCHES))
             for name, figures in split_grads.items():
@@ -316,7 +319,7 @@ class RunDiagnostics:
             out["noise_cond"] = transform(probes.same_moments_noise)
         return out
 
-    def functional_figures(self, track, loader):
+    def functional_figures(self, track, loader, on_train_set=True):
         """Everything an evaluation measures about one gate's function (see verdict.py for how the
         verdict reads it): the learned gate against each alternative on the evaluation set and,
         for the reference, on the training set; input dependence with call-to-call noise removed;
@@ -333,7 +336,7 @@ class RunDiagnostics:
             functional["test"]["repeat"] = metrics.summarise_change(test["repeat"], resamples)
         train = None
         train_loader = getattr(t, "train_loader_x", None)
-        if cfg.TRAIN_SET and train_loader is not None:
+        if on_train_set and cfg.TRAIN_SET and train_loader is not None:
             kept = {n: a for n, a in alternatives.items() if n in (reference, "all_on")}
             train = probes.functional_pass(t, train_loader, head, kept, int(cfg.TRAIN_BATCHES))
             functional["train"] = {n: metrics.summarise_change(c, resamples) for n, c in train["changes"].items()}
