@@ -232,7 +232,8 @@ def task_gradient_probe(trainer, loader, heads, prompt_params, max_batches, seed
             ce_grads = torch.autograd.grad(ce, inputs, retain_graph=bool(aux), allow_unused=True)
             aux_grads = torch.autograd.grad(sum(aux), inputs, allow_unused=True) if aux else [None] * len(inputs)
             where = {id(t): i for i, t in enumerate(inputs)}
-            prompt_rms = metrics.rms([_or_zeros(ce_grads[where[id(p)]], p) for p in prompt_params]) if prompt_params else None
+            prompt_rms = (metrics.rms([_or_zeros(ce_grads[where[id(p)]], p) for p in prompt_params])
+                          if prompt_params else None)
             for h in heads:
                 params = gate_params[h.name]
                 # A parameter the term does not reach gets None from autograd: its gradient is 0.

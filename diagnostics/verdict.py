@@ -143,7 +143,8 @@ def _varied_input_dependent(f, t, reasons):
     std, source = _measured(f.get("signal_std")), "input std at evaluation, call-to-call noise removed"
     low = _measured(f.get("signal_std_low"))
     if low is not None:  # a gate with noise at evaluation: judged on the interval's lower end
-        std, source = low, f"input std at evaluation, call-to-call noise removed (estimate {_fmt(std or 0.0)}, lower 95 % bound)"
+        std, source = low, (f"input std at evaluation, call-to-call noise removed (estimate {_fmt(std or 0.0)}, "
+                            "lower 95 % bound)")
     if std is None:
         std, source = _measured(f.get("input_std")), "input std (training median)"
     repeat = _measured(f.get("repeat_std"))
