@@ -1,4 +1,4 @@
-"""Test-only plugin: gates (and one trainer) built to have a known verdict.
+"""Test-only plugin: gates built to have a known verdict (and one trainer used directly).
 
 Registered with the plugin manager by tests/test_verdict_cases.py for its runs, then removed; never
 part of gatescope. Each class says what is true of it by construction, which is what its verdict
@@ -11,8 +11,9 @@ must find:
 - `domain_router`: a hard router given the domain: one-hot on option 1 when w . x + b > 0 (the
   conditioning x is the image feature, whose domain a linear rule fitted by the test reads), else
   option 0; no parameters;
-- trainer `CoOpIgnoringGate`: CoOpGated whose model calls its gate (so the diagnostics see every
-  output) and then uses the ungated prompt: the output provably changes nothing.
+- `CoOpIgnoringGate`: CoOpGated whose model calls its gate (so the diagnostics see every output)
+  and then uses the ungated prompt: the output provably changes nothing. The test builds it from
+  a CoOpGated config directly (no registration: the trainer registry stays the shipped one).
 """
 import torch
 import torch.nn.functional as F
@@ -93,8 +94,3 @@ def gatescope_register_gates(register):
                                                                   init_std=cfg.GATE.MLP.INIT_STD))
     register("noise", lambda cfg, k, d, kind: NoiseGate(k, d, kind))
     register("domain_router", lambda cfg, k, d, kind: DomainRouterGate(k, d))
-
-
-@hookimpl
-def gatescope_register_trainers(register):
-    register(CoOpIgnoringGate)

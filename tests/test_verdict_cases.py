@@ -25,9 +25,7 @@ VARIED_MLP = ("GATE.MLP.HIDDEN", 0, "GATE.MLP.INIT_STD", 50.0)
 
 @pytest.fixture(scope="module")
 def case_plugin():
-    """The test-only gates and trainer, registered like a third-party plugin, removed afterwards."""
-    from trainers.engine import TRAINER_REGISTRY
-
+    """The test-only gates, registered like a third-party plugin's, removed afterwards."""
     plugins = get_plugins()
     info = plugins.register(constructed_gates, PLUGIN)
     added = []
@@ -37,7 +35,6 @@ def case_plugin():
         added.append(name)
 
     constructed_gates.gatescope_register_gates(register_gate)
-    constructed_gates.gatescope_register_trainers(lambda cls: TRAINER_REGISTRY.register(cls, force=True))
     yield plugins
     plugins.pm.unregister(name=PLUGIN)
     plugins.info.pop(PLUGIN, None)
@@ -45,7 +42,8 @@ def case_plugin():
         plugins.gates.pop(name, None)
 
 
-def build(root, out, trainer="CoOpGated", opts=()):
+def build(root, out, opts=(), trainer_class=None):
+    """A CoOpGated demo run's trainer (or `trainer_class` built from the same config)."""
     import os
 
     import trainers
@@ -54,13 +52,13 @@ def build(root, out, trainer="CoOpGated", opts=()):
     from trainers.engine.utils import set_random_seed
 
     config = os.path.join(REPO, "configs", "trainers", "CoOpGated", "demo.yaml")
-    cfg = trainers.setup_cfg(demo_args(root, out, trainer, config=config, opts=opts))
+    cfg = trainers.setup_cfg(demo_args(root, out, "CoOpGated", config=config, opts=opts))
     set_random_seed(cfg.SEED)
-    return build_trainer(cfg)
+    return trainer_class(cfg) if trainer_class is not None else build_trainer(cfg)
 
 
-def run(root, out, opts=(), trainer="CoOpGated", before=None):
-    t = build(root, out, trainer, opts)
+def run(root, out, opts=(), trainer_class=None, before=None):
+    t = build(root, out, opts, trainer_class)
     if before is not None:
         before(t)
     t.train()
@@ -116,7 +114,7 @@ def test_input_dependent_gate_the_model_ignores_is_inert_even_with_an_auxiliary_
     """The model computes the gate and uses the ungated prompt. A load-balancing loss on the gate
     gives it a gradient (rho over all terms > 0), but none from the task: rho_task is exactly 0."""
     g = run(demo_root, tmp_path, FAST + ("GATE.NAME", "mlp", "REMEDY.BALANCE.WEIGHT", 100.0) + VARIED_MLP,
-            trainer="CoOpIgnoringGate")
+            trainer_class=constructed_gates.CoOpIgnoringGate)
     assert g["rho_median"] > 0.01  # all loss terms: the old verdict read this and found it trainable
     assert g["rho_task"] == 0.0 and g["aux_share"] == 1.0 and g["dL_dg_task_rms"] == 0.0
     assert g["signal_std"] >= 0.01  # it varies with the input ...
