@@ -7,7 +7,7 @@ Three questions (t = the thresholds, DEFAULT_THRESHOLDS for those not given):
 
   trainable   rho_task >= RHO_MIN. rho_task = RMS(d ce / d gate params) / RMS(d ce / d prompt params),
               the task loss alone (a gate's own auxiliary loss, sparsity and remedies' losses are left
-              out), median over DIAGNOSTICS.GRAD_BATCHES training batches at the last evaluation;
+              out), median over DIAGNOSTICS.GRAD_BATCHES training batches at the last test evaluation;
               rho_median (every loss term, median over the last WINDOW of training) when rho_task was
               not measured. Always true for parameters trained by a surrogate loss by design
               (no_task_grad_params).
@@ -38,6 +38,9 @@ Three questions (t = the thresholds, DEFAULT_THRESHOLDS for those not given):
   3      inert       not functional: its statistics look alive, removing it changes nothing
   4      imbalanced  not trainable: it works, but its task gradient is too small to train it
   5      healthy     trainable, varied and functional
+
+`inert` is the study's word: its released diagnostics call a gate inert when noise on its logits
+barely moves the class logits; here the same finding is measured by removing the gate.
 
 A figure that is None (not measured, or not finite) skips its test, and a reason says so. `reasons`
 lists every finding with its numbers and threshold, also those outranked by the verdict, and the
