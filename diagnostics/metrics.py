@@ -481,6 +481,74 @@ def normalized_mutual_information(choices, labels):
     return min(mi / h_min, 1.0)
 
 
+def _entropy_of_counts(counts):
+    """Plug-in entropy (nats) of a histogram of counts (any shape, flattened) and its number of
+    non-empty bins."""
+    c = counts.reshape(-1)
+    p = c / c.sum()
+    return float(_entropy_nats(p)), int((c > 0).sum())
+
+
+def mutual_information_test(choices, labels, permutations=200, seed=0):
+    """MI(choice; label) with a bias correction and a permutation null, so that a value means the
+    same at every sample size. choices, labels: integer vectors of equal length N.
+
+      plugin       = H(c) + H(y) - H(c, y) with plug-in entropies (nats), as mutual_information
+      miller_madow = the same with each entropy corrected by Miller and Madow's (m - 1) / (2 N),
+                     m the number of non-empty bins (Miller 1955; Paninski 2003, Neural Computation
+                     15(6), eq. 4): plugin + ((m_c - 1) + (m_y - 1) - (m_cy - 1)) / (2 N). It can be
+                     slightly negative when the true MI is 0.
+      null_mean, null_p95 = mean and 95th percentile of the plug-in MI of the same choices with the
+                     labels shuffled by `permutations` random permutations (generator seeded with
+                     `seed`): what independent choices read at this N and these marginals
+      excess       = plugin - null_mean (nats)
+      p_value      = (1 + #{null >= plugin}) / (1 + permutations)   (Phipson and Smyth 2010)
+      n            = N
+    Every figure is None for N = 0; with permutations = 0 the null figures are None.
+    """
+    counts = _joint_counts(choices, labels)
+    keys = ("plugin", "miller_madow", "null_mean", "null_p95", "excess", "p_value", "n")
+    if counts is None:
+        return dict.fromkeys(keys)
+    n = float(counts.sum())
+    h_c, m_c = _entropy_of_counts(counts.sum(dim=1))
+    h_y, m_y = _entropy_of_counts(counts.sum(dim=0))
+    h_cy, m_cy = _entropy_of_counts(counts)
+    plugin = max(h_c + h_y - h_cy, 0.0)
+    miller_madow = plugin + ((m_c - 1) + (m_y - 1) - (m_cy - 1)) / (2.0 * n)
+    result = dict(plugin=plugin, miller_madow=miller_madow, null_mean=None, null_p95=None, excess=None,
+                  p_value=None, n=int(n))
+    if permutations <= 0:
+        return result
+    c = torch.as_tensor(choices).detach().reshape(-1).cpu()
+    y = torch.as_tensor(labels).detach().reshape(-1).cpu()
+    _, ci = torch.unique(c, return_inverse=True)
+    _, yi = torch.unique(y, return_inverse=True)
+    n_c, n_y, size = int(ci.max()) + 1, int(yi.max()) + 1, ci.numel()
+    generator = torch.Generator().manual_seed(int(seed))
+    order = torch.argsort(torch.rand(permutations, size, generator=generator), dim=1)
+    shuffled = yi[order]  # (R, N): each row a random permutation of the labels
+    cells = (torch.arange(permutations).unsqueeze(1) * (n_c * n_y) + ci.unsqueeze(0) * n_y + shuffled).reshape(-1)
+    joint = torch.bincount(cells, minlength=permutations * n_c * n_y).reshape(permutations, n_c * n_y)
+    p = joint.to(torch.float64) / size
+    # The marginals do not change under a permutation, so only H(c, y) differs between draws.
+    null = (h_c + h_y - _entropy_nats(p, dim=1)).clamp(min=0.0)
+    result.update(null_mean=float(null.mean()), null_p95=float(torch.quantile(null, 0.95)),
+                  excess=plugin - float(null.mean()),
+                  p_value=(1 + int((null >= plugin - 1e-12).sum())) / (1 + permutations))
+    return result
+
+
+def choice_top_share(choices):
+    """Share of the N choices equal to the most common one (1.0: every input gets the same option or
+    on/off pattern); None for N = 0."""
+    c = torch.as_tensor(choices).detach().reshape(-1).cpu()
+    if c.numel() == 0:
+        return None
+    _, counts = torch.unique(c, return_counts=True)
+    return float(counts.max()) / c.numel()
+
+
 def pattern_stats(values, *, uniform_std=0.1, decay_corr=-0.5):
     """The study's pattern figures for a 1-D vector v of gate values in [0, 1].
 
@@ -617,3 +685,207 @@ def text_drift(previous, current):
     if a.shape != b.shape:
         return None
     return finite_or_none(1.0 - (a * b).sum(-1).mean())
+
+
+# --------------------------------------------------------------------------- functional effect
+
+
+def per_example_change(base_logits, other_logits, labels):
+    """How each prediction changes between two versions of a model on the same N inputs.
+
+    base_logits, other_logits: class logits (N, C), e.g. with the learned gate and with the gate
+    replaced by a constant; labels (N,). Per example n (float64 tensors of shape (N,)):
+      abs_logit_delta[n] = mean_c |other[n, c] - base[n, c]|          (logit units)
+      kl[n] = KL(p_base(n) || p_other(n)) = sum_c p_base ln(p_base / p_other),  p = softmax(logits)  (nats)
+      changed[n] = 1.0 if argmax base[n] != argmax other[n] else 0.0
+      loss_base[n], loss_other[n] = cross-entropy -ln p(labels[n]) of each (nats)
+      correct_base[n], correct_other[n] = 1.0 if the argmax is the label else 0.0
+    Kept per example so that batches can be concatenated and summarised (summarise_change) without
+    holding every logit. Raises ValueError when the shapes differ.
+    """
+    base = base_logits.detach().to(torch.float64)
+    other = other_logits.detach().to(torch.float64).to(base.device)
+    labels = torch.as_tensor(labels).reshape(-1).long().to(base.device)
+    if base.shape != other.shape or base.dim() != 2 or labels.numel() != base.shape[0]:
+        raise ValueError(f"per_example_change needs logits of equal shape (N, C) and N labels, found "
+                         f"{tuple(base.shape)}, {tuple(other.shape)} and {labels.numel()} labels; "
+                         "evaluate both versions on the same batch")
+    log_p, log_q = torch.log_softmax(base, dim=1), torch.log_softmax(other, dim=1)
+    pred_base, pred_other = base.argmax(dim=1), other.argmax(dim=1)
+    return {
+        "abs_logit_delta": (other - base).abs().mean(dim=1),
+        "kl": (log_p.exp() * (log_p - log_q)).sum(dim=1).clamp(min=0.0),  # rounding can leave -1e-17
+        "changed": (pred_base != pred_other).to(torch.float64),
+        "loss_base": -log_p.gather(1, labels.view(-1, 1)).squeeze(1),
+        "loss_other": -log_q.gather(1, labels.view(-1, 1)).squeeze(1),
+        "correct_base": (pred_base == labels).to(torch.float64),
+        "correct_other": (pred_other == labels).to(torch.float64),
+    }
+
+
+def concat_examples(parts):
+    """per_example_change results of several batches joined into one (None when there are none)."""
+    parts = [p for p in parts if p is not None]
+    if not parts:
+        return None
+    return {k: torch.cat([p[k].cpu() for p in parts]) for k in parts[0]}
+
+
+def bootstrap_mean_ci(values, resamples=1000, level=0.95, seed=0):
+    """Percentile bootstrap interval of the mean of `values` (N,) (Efron and Tibshirani 1993, ch. 13):
+    the (1 - level) / 2 and (1 + level) / 2 quantiles of the mean over `resamples` resamples of N
+    values drawn with replacement (generator seeded with `seed`). Returns (low, high); (None, None)
+    for N = 0 or resamples = 0."""
+    v = _as_float64(values, "bootstrap_mean_ci").reshape(-1).cpu()
+    if v.numel() == 0 or resamples <= 0:
+        return None, None
+    generator = torch.Generator().manual_seed(int(seed))
+    index = torch.randint(v.numel(), (int(resamples), v.numel()), generator=generator)
+    means = v[index].mean(dim=1)
+    tail_share = (1.0 - level) / 2.0
+    return float(torch.quantile(means, tail_share)), float(torch.quantile(means, 1.0 - tail_share))
+
+
+def summarise_change(examples, resamples=1000, level=0.95, seed=0):
+    """The functional figures of one comparison, from per-example tensors (per_example_change,
+    possibly concatenated over batches):
+
+      n                   = number of examples
+      mean_abs_logit_delta = mean_n abs_logit_delta[n]               (logit units)
+      kl                  = mean_n KL(p_base || p_other)              (nats; not quantised by N)
+      changed_share       = mean_n changed[n]                         (share of predictions that change)
+      loss_base, loss_other = mean cross-entropy of each (nats)
+      loss_change         = loss_other - loss_base   (> 0: the base, e.g. the learned gate, has the lower loss)
+      acc_base, acc_other = accuracy of each (%)
+      acc_delta           = acc_base - acc_other (points)
+      acc_delta_ci        = [low, high]: paired percentile bootstrap interval at `level` of acc_delta
+                            (resampling examples, so both versions are judged on the same draws)
+    Every value is None when there are no examples.
+    """
+    keys = ("n", "mean_abs_logit_delta", "kl", "changed_share", "loss_base", "loss_other", "loss_change",
+            "acc_base", "acc_other", "acc_delta", "acc_delta_ci")
+    if not examples or examples["kl"].numel() == 0:
+        return dict.fromkeys(keys)
+    mean = {k: float(v.mean()) for k, v in examples.items()}
+    low, high = bootstrap_mean_ci(100.0 * (examples["correct_base"] - examples["correct_other"]),
+                                  resamples, level, seed)
+    return {"n": int(examples["kl"].numel()), "mean_abs_logit_delta": mean["abs_logit_delta"], "kl": mean["kl"],
+            "changed_share": mean["changed"], "loss_base": mean["loss_base"], "loss_other": mean["loss_other"],
+            "loss_change": mean["loss_other"] - mean["loss_base"], "acc_base": 100.0 * mean["correct_base"],
+            "acc_other": 100.0 * mean["correct_other"],
+            "acc_delta": 100.0 * (mean["correct_base"] - mean["correct_other"]),
+            "acc_delta_ci": None if low is None else [low, high]}
+
+
+def input_dependence(first, second=None, resamples=1000, seed=0):
+    """How much a gate's output depends on its input, with the call-to-call noise taken out.
+
+    first, second: gate outputs (N, K) of two calls on the same N inputs (second None, or equal to
+    first: the gate is deterministic). Per option k, over inputs n:
+      total_var[k]  = mean_n (first[n, k] - mean_n first[n, k])^2   (population variance)
+      repeat_var[k] = mean_n (first[n, k] - second[n, k])^2 / 2     (noise variance: with
+                      y = f(x) + e, Var(y1 - y2) = 2 Var(e))
+      input_std  = mean_k sqrt(total_var[k])              (what gate_output_stats calls input_std)
+      repeat_std = mean_k sqrt(repeat_var[k])             (0 for a deterministic gate)
+      signal_std = mean_k sqrt(max(total_var[k] - repeat_var[k], 0))   (the part the input explains)
+      signal_std_low = sqrt(max(low, 0)), low the lower end of the 95 % bootstrap interval
+                      (bootstrap_mean_ci over inputs) of the mean over n of
+                      d[n] = mean_k [(first[n, k] - mean first[., k])^2 - (first[n, k] - second[n, k])^2 / 2];
+                      None for a deterministic gate, which needs no interval
+    A gate that outputs fresh noise has input_std > 0, signal_std near 0 (a square root magnifies
+    the sampling error of a variance near 0, hence the interval) and signal_std_low 0. Values are None for N = 0.
+    """
+    _check_gate_matrix(first, "mask")
+    keys = ("input_std", "repeat_std", "signal_std", "signal_std_low")
+    x = first.detach().to(torch.float64)
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        return dict.fromkeys(keys)
+    centred = (x - x.mean(dim=0)) ** 2
+    total = centred.mean(dim=0)
+    if second is None or torch.equal(second.detach().to(torch.float64).to(x.device), x):
+        return {"input_std": float(total.sqrt().mean()), "repeat_std": 0.0,
+                "signal_std": float(total.sqrt().mean()), "signal_std_low": None}
+    y = second.detach().to(torch.float64).to(x.device)
+    if y.shape != x.shape:
+        raise ValueError(f"input_dependence: the two calls' outputs have shapes {tuple(x.shape)} and "
+                         f"{tuple(y.shape)}; pass outputs of the same inputs")
+    noise = (x - y) ** 2 / 2.0
+    repeat = noise.mean(dim=0)
+    low, _ = bootstrap_mean_ci((centred - noise).mean(dim=1), resamples, 0.95, seed)
+    return {"input_std": float(total.sqrt().mean()), "repeat_std": float(repeat.sqrt().mean()),
+            "signal_std": float((total - repeat).clamp(min=0.0).sqrt().mean()),
+            "signal_std_low": math.sqrt(max(low, 0.0)) if low is not None else None}
+
+
+def functional_effect(reference_kl, repeat_kl=None, resamples=1000, seed=0):
+    """The reproducible effect of replacing a gate by its reference, with a 95 % bootstrap interval.
+
+    reference_kl (N,): per input, KL(p with the learned gate || p with the reference gate) (nats);
+    repeat_kl (N,) or None: per input, KL between two calls of the learned gate (None or all 0 for a
+    deterministic gate). With y = f(x) + e and a reference c, for small changes E KL(y1 || c) ~
+    d^2 + s^2 and E KL(y1 || y2) ~ 2 s^2 (second-order expansion of KL, d the reproducible change,
+    s the noise), so per input e[n] = reference_kl[n] - repeat_kl[n] / 2 estimates d^2:
+      effect = mean_n e[n];  effect_low, effect_high = bootstrap_mean_ci(e) (resampling inputs)
+    For a deterministic gate e = reference_kl. All None for N = 0.
+    """
+    ref = _as_float64(reference_kl, "functional_effect").reshape(-1).cpu()
+    if ref.numel() == 0:
+        return {"effect": None, "effect_low": None, "effect_high": None}
+    e = ref if repeat_kl is None else ref - _as_float64(repeat_kl, "functional_effect").reshape(-1).cpu() / 2.0
+    low, high = bootstrap_mean_ci(e, resamples, 0.95, seed)
+    return {"effect": float(e.mean()), "effect_low": low, "effect_high": high}
+
+
+# --------------------------------------------------------------------------- linear probe
+
+
+def linear_probe(train_x, train_y, test_x, test_y, weight_decay=1e-3, max_iter=100):
+    """Is a label linearly decodable from features? A multinomial logistic regression fitted on the
+    training set, scored on held-out data (the linear probe of Alain and Bengio 2016).
+
+    train_x (N, D), train_y (N,) integer labels; test_x (M, D), test_y (M,). Features are
+    standardised with the training set's per-feature mean and std; W (D, C) and b (C,) start at 0 and
+    minimise mean cross-entropy + weight_decay * ||W||^2 / 2 by L-BFGS (float64, at most max_iter
+    iterations; deterministic). Returns
+      accuracy        = held-out accuracy (%)
+      train_accuracy  = accuracy on the training set (%)
+      chance          = held-out accuracy (%) of always answering the training set's most common label
+      margin          = accuracy - chance (points)
+      classes, n_train, n_test
+    A test label absent from the training set counts as an error. None when the training set is
+    empty or holds a single label (nothing to tell apart), or the test set is empty.
+    """
+    x = _as_float64(train_x, "linear_probe train_x").cpu()
+    xt = _as_float64(test_x, "linear_probe test_x").cpu()
+    y = torch.as_tensor(train_y).reshape(-1).long().cpu()
+    yt = torch.as_tensor(test_y).reshape(-1).long().cpu()
+    if x.dim() != 2 or xt.dim() != 2 or x.shape[0] != y.numel() or xt.shape[0] != yt.numel() or \
+            (x.shape[0] and xt.shape[0] and x.shape[1] != xt.shape[1]):
+        raise ValueError(f"linear_probe needs features (N, D), (M, D) with one label each; found "
+                         f"{tuple(x.shape)} with {y.numel()} labels and {tuple(xt.shape)} with {yt.numel()}")
+    classes, yi = torch.unique(y, return_inverse=True)
+    if y.numel() == 0 or classes.numel() < 2 or yt.numel() == 0:
+        return None
+    mean, std = x.mean(dim=0), x.std(dim=0, correction=0).clamp(min=1e-12)
+    z, zt = (x - mean) / std, (xt - mean) / std
+    weight = torch.zeros(x.shape[1], classes.numel(), dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(classes.numel(), dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=int(max_iter), line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(z @ weight + bias, yi) + 0.5 * weight_decay * (weight ** 2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    with torch.no_grad():
+        predicted = classes[(zt @ weight + bias).argmax(dim=1)]
+        train_predicted = classes[(z @ weight + bias).argmax(dim=1)]
+    majority = classes[torch.bincount(yi).argmax()]
+    accuracy = 100.0 * float((predicted == yt).to(torch.float64).mean())
+    chance = 100.0 * float((yt == majority).to(torch.float64).mean())
+    return {"accuracy": accuracy, "train_accuracy": 100.0 * float((train_predicted == y).to(torch.float64).mean()),
+            "chance": chance, "margin": accuracy - chance, "classes": int(classes.numel()),
+            "n_train": int(y.numel()), "n_test": int(yt.numel())}

@@ -56,10 +56,12 @@ def evaluate(trainer, loader, max_batches=0, keep_logits=False):
 
 
 def shuffled(cond):
-    """The conditioning of another image of the batch (a fixed derangement when B > 1)."""
+    """The conditioning of other images of the batch: a random permutation of its rows (torch's
+    global generator, seeded by the probe). A real permutation, not a shift: in a test set ordered
+    by class or domain a neighbour mostly shares both, so a shift by one barely shuffles."""
     if cond.shape[0] < 2:
         return cond
-    return cond.roll(1, dims=0)
+    return cond[torch.randperm(cond.shape[0], device=cond.device)]
 
 
 def same_moments_noise(cond):
@@ -104,22 +106,144 @@ def random_gate(num_options, effective_length, seed=0):
     return g
 
 
-def counterfactual(trainer, loader, head, mean_output):
-    """Accuracy with `head`'s output replaced by its training-set mean (a constant gate)."""
-    with quiet_probe(trainer):
-        head.override = mean_output.to(trainer.device)
-        return evaluate(trainer, loader)
+def _reset(head):
+    head.override = head.cond_transform = head.output_transform = None
 
 
-def input_tests(trainer, loader, head, seed=0):
-    """Accuracy with the conditioning shuffled across the batch, and replaced by noise."""
-    out = {}
+@torch.no_grad()
+def functional_pass(trainer, loader, head, alternatives, max_batches=0, seed=0):
+    """The model with `head`'s learned gate against the same model with the gate altered, batch by
+    batch on the same inputs (so a shuffling training loader is fine), in eval mode.
+
+    alternatives: {name: configure(head)}, each setting the head's `override` (a constant gate),
+    `cond_transform` (shuffled or noise conditioning) or `output_transform`. Per batch: the learned
+    model's logits, the gate's output and conditioning (through a listener), a second call of the
+    gate on the same conditioning (a gate that draws fresh noise at evaluation answers differently;
+    the model is then run with that second answer: the call-to-call baseline), and each
+    alternative's logits.
+    Returns {"changes": {name: per-example changes (metrics.per_example_change, concatenated)},
+    "repeat": the learned model against itself run again (None for a deterministic gate),
+    "gate", "gate_repeat": the gate's outputs of both calls (rows, K), "cond": its conditioning,
+    "labels", "domains" (None when the loader gives none)}; gate rows equal the inputs only for a
+    gate that reads each input (per-task gates give one row per forward).
+    """
+    changes = {name: [] for name in alternatives}
+    repeat, gates, again_all, conds, labels, domains = [], [], [], [], [], []
+    stochastic = False
     with quiet_probe(trainer):
         torch.manual_seed(seed)
-        head.cond_transform = shuffled
-        out["acc_shuffled_cond"] = evaluate(trainer, loader)
-        head.cond_transform = same_moments_noise
-        out["acc_noise_cond"] = evaluate(trainer, loader)
+        trainer.model.eval()
+        for batch in test_batches(loader, max_batches):
+            image, label = trainer.parse_batch_test(batch)
+            sink = []
+            head.listener = lambda name, output, cond, phase: sink.append((output.detach(), cond.detach()))
+            base = trainer.model_inference(image)
+            head.listener = None
+            if not sink:
+                raise RuntimeError(f"gate '{head.name}' was not called by the model's forward; the functional "
+                                   "probes need the gate in the path from image to logits")
+            output, cond = sink[0]
+            again = head(cond)
+            if torch.equal(again, output):
+                repeat.append(metrics.per_example_change(base, base, label))  # the same gate: the same logits
+            else:
+                stochastic = True
+                head.override = again  # the second call's output, already through GATE.TEST_MODE
+                try:
+                    repeat.append(metrics.per_example_change(base, trainer.model_inference(image), label))
+                finally:
+                    _reset(head)
+            for name, configure in alternatives.items():
+                configure(head)
+                try:
+                    other = trainer.model_inference(image)
+                finally:
+                    _reset(head)
+                changes[name].append(metrics.per_example_change(base, other, label))
+            gates.append(output.float().cpu())
+            again_all.append(again.float().cpu())
+            conds.append(cond.float().cpu())
+            labels.append(label.cpu())
+            if batch.get("domain") is not None:
+                domains.append(torch.as_tensor(batch["domain"]).cpu())
+    return {"changes": {name: metrics.concat_examples(parts) for name, parts in changes.items()},
+            "repeat": metrics.concat_examples(repeat) if stochastic else None,
+            "gate": torch.cat(gates) if gates else None, "gate_repeat": torch.cat(again_all) if gates else None,
+            "cond": torch.cat(conds) if conds else None, "labels": torch.cat(labels) if labels else None,
+            "domains": torch.cat(domains) if len(domains) == len(labels) and domains else None}
+
+
+def gate_values(head):
+    """A per-task gate's current values (K,), soft (before GATE.TEST_MODE), from one call in eval mode."""
+    gate = head.gate
+    was_training = gate.training
+    gate.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            param = next(gate.parameters(), None)
+            device = param.device if param is not None else torch.device("cpu")
+            cond = torch.zeros(1, int(getattr(gate, "cond_dim", 1) or 1), device=device)
+            return gate(cond)[0].detach().float().cpu()
+    finally:
+        gate.train(was_training)
+
+
+def _or_zeros(grad, like):
+    return torch.zeros_like(like) if grad is None else grad
+
+
+def task_gradient_probe(trainer, loader, heads, prompt_params, max_batches, seed=0):
+    """The task loss's gradient apart from every other loss term's, on training batches.
+
+    For each batch (train mode, as a training step, without the step): losses =
+    trainer.compute_losses(model(image), label); "ce" is the task loss, every other term (the gate's
+    auxiliary loss, sparsity, remedies' losses, a trainer's regularisers) is auxiliary. Per gate,
+    per batch: rho_task = RMS(d ce / d gate params) / RMS(d ce / d prompt params); dL_dg_task_rms =
+    RMS(d ce / d gate output); aux_share = ||d aux / d gate params|| / (||d ce / d gate params|| +
+    ||d aux / d gate params||) (0 when no auxiliary term reaches the gate). Returns {gate name:
+    {figure: list over batches}}.
+    """
+    out = {h.name: {"rho_task": [], "dL_dg_task_rms": [], "aux_share": [], "task_grad_rms": []} for h in heads}
+    prompt_params = [p for p in prompt_params if p.requires_grad]
+    with quiet_probe(trainer):
+        torch.manual_seed(seed)  # the batches drawn (and any dropout) do not depend on when it runs
+        trainer.model.train()
+        for batch in test_batches(loader, max_batches):
+            image, label = trainer.parse_batch_train(batch)
+            outputs = {}
+            for h in heads:
+                h.listener = (lambda head: lambda name, output, cond, phase: outputs.setdefault(head.name, output))(h)
+            with torch.enable_grad(), torch.autocast(device_type=trainer.device.type,
+                                                     enabled=getattr(trainer, "prec", "fp32") == "amp"):
+                losses = trainer.compute_losses(trainer.model(image), label)
+            for h in heads:
+                h.listener = None
+            ce = losses.get("ce")
+            if ce is None or not ce.requires_grad:
+                break
+            aux = [v for k, v in losses.items() if k != "ce" and v is not None and v.requires_grad]
+            gate_params = {h.name: [p for p in h.parameters() if p.requires_grad] for h in heads}
+            gate_outputs = {n: o for n, o in outputs.items() if o.requires_grad}
+            inputs = prompt_params + [p for ps in gate_params.values() for p in ps] + list(gate_outputs.values())
+            ce_grads = torch.autograd.grad(ce, inputs, retain_graph=bool(aux), allow_unused=True)
+            aux_grads = torch.autograd.grad(sum(aux), inputs, allow_unused=True) if aux else [None] * len(inputs)
+            where = {id(t): i for i, t in enumerate(inputs)}
+            prompt_rms = (metrics.rms([_or_zeros(ce_grads[where[id(p)]], p) for p in prompt_params])
+                          if prompt_params else None)
+            for h in heads:
+                params = gate_params[h.name]
+                # A parameter the term does not reach gets None from autograd: its gradient is 0.
+                task = [_or_zeros(ce_grads[where[id(p)]], p) for p in params]
+                extra = [_or_zeros(aux_grads[where[id(p)]], p) for p in params]
+                task_l2 = metrics.grad_stats(task)["l2"] or 0.0
+                aux_l2 = metrics.grad_stats(extra)["l2"] or 0.0
+                task_rms = metrics.rms(task) if params else None
+                out[h.name]["task_grad_rms"].append(task_rms)
+                out[h.name]["rho_task"].append(metrics.ratio(task_rms, prompt_rms) if params else None)
+                out[h.name]["aux_share"].append(aux_l2 / (task_l2 + aux_l2) if task_l2 + aux_l2 > 0 else None)
+                o = gate_outputs.get(h.name)
+                out[h.name]["dL_dg_task_rms"].append(
+                    metrics.rms([_or_zeros(ce_grads[where[id(o)]], o)]) if o is not None else None)
     return out
 
 

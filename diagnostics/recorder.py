@@ -10,8 +10,10 @@ import os
 
 import torch
 
+from gates.contract import apply_test_mode
+
 from . import metrics, probes, report
-from .verdict import gate_verdict
+from .verdict import DEFAULT_THRESHOLDS, gate_verdict
 
 MAX_OPTIONS_LISTED = 64  # per-option lists are kept in the step records up to this many options
 OUTPUT_SAMPLE_PER_EPOCH = 4096  # gate values kept per gate and epoch for the distribution plot
@@ -33,6 +35,10 @@ class GateTrack:
         self.choices, self.labels, self.domains = [], [], []
         self.sample = []
         self.train_mean = None  # the last finished epoch's mean output (K,)
+        # A per-task gate's values at initialisation (K,): its first training output, taken before
+        # any optimizer step; restored from epochs.jsonl after a resume, unknown in eval-only runs.
+        self.init_output = None
+        self.capture_init = False
 
     def start_epoch(self):
         self.sum, self.count = None, 0
@@ -40,6 +46,9 @@ class GateTrack:
 
     def add(self, output, labels=None, domains=None):
         x = output.detach().to(torch.float64)
+        if self.capture_init:
+            self.init_output = x.mean(0).float().cpu()
+            self.capture_init = False
         rows = x.sum(0)
         self.sum = rows if self.sum is None else self.sum + rows
         self.count += x.shape[0]
@@ -51,17 +60,22 @@ class GateTrack:
             if domains is not None:
                 self.domains.append(torch.as_tensor(domains).detach().cpu())
 
-    def finish_epoch(self):
+    def finish_epoch(self, permutations=0):
+        """The epoch's mean output, and MI(choice; label / domain) over its training batches: the
+        plug-in value as `mi_label` / `mi_domain`, with its bias correction and permutation null as
+        `mi_label_stats` / `mi_domain_stats` (metrics.mutual_information_test)."""
         if self.count:
             self.train_mean = (self.sum / self.count).float()
         result = {}
         if self.choices:
             choices = torch.cat(self.choices)
-            result["mi_label"] = metrics.mutual_information(choices, torch.cat(self.labels))
+            stats = metrics.mutual_information_test(choices, torch.cat(self.labels), permutations)
+            result["mi_label"], result["mi_label_stats"] = stats["plugin"], stats
             if self.domains:
                 domains = torch.cat(self.domains)
                 if domains.unique().numel() > 1:
-                    result["mi_domain"] = metrics.mutual_information(choices, domains)
+                    stats = metrics.mutual_information_test(choices, domains, permutations)
+                    result["mi_domain"], result["mi_domain_stats"] = stats["plugin"], stats
         return result
 
 
@@ -93,15 +107,21 @@ class RunDiagnostics:
         report.write_jsonl(os.path.join(self.dir, "steps.jsonl"), self.steps)
         report.write_jsonl(os.path.join(self.dir, "epochs.jsonl"), self.epochs)
         self.steps_written = len(self.steps)
+        if start == 0:  # per-task gates: their values before the first step are the reference
+            for track in self.tracks.values():
+                track.capture_init = not track.head.input_dependent
 
     def state_dict(self):
         """What the files cannot give back at a resume, saved with every checkpoint: each gate's
-        training-set mean of the last epoch (the counterfactual's constant), the evaluations so
-        far, and the class text features of the last evaluation (text_drift's reference). The
-        step and epoch records are on disk before the checkpoint (after_epoch writes them)."""
+        training-set mean of the last epoch (the counterfactual's constant) and its values at
+        initialisation (per-task gates), the evaluations so far, and the class text features of the
+        last evaluation (text_drift's reference). The step and epoch records are on disk before the
+        checkpoint (after_epoch writes them)."""
         return {"evaluations": self.evaluations,
                 "train_mean": {name: track.train_mean for name, track in self.tracks.items()
                                if track.train_mean is not None},
+                "init_output": {name: track.init_output for name, track in self.tracks.items()
+                                if track.init_output is not None},
                 "last_class_text": getattr(self, "last_class_text", None)}
 
     def load_state_dict(self, state):
@@ -110,6 +130,9 @@ class RunDiagnostics:
         for name, mean in state.get("train_mean", {}).items():
             if name in self.tracks:
                 self.tracks[name].train_mean = mean
+        for name, init in state.get("init_output", {}).items():
+            if name in self.tracks:
+                self.tracks[name].init_output = init
         self.last_class_text = state.get("last_class_text")
 
     def before_epoch(self):
@@ -215,8 +238,10 @@ class RunDiagnostics:
         record = {"epoch": t.epoch, "gates": {}}
         epoch_steps = [s for s in self.steps if s["epoch"] == t.epoch]
         for name, track in self.tracks.items():
-            entry = track.finish_epoch()
+            entry = track.finish_epoch(int(self.cfg.PERMUTATIONS))
             entry.update(self.window_figures(name, epoch_steps))
+            if track.init_output is not None and track.init_output.numel() <= MAX_OPTIONS_LISTED:
+                entry["init_output"] = track.init_output.tolist()
             if track.train_mean is not None:
                 entry["train_mean"] = track.train_mean.tolist() if track.train_mean.numel() <= MAX_OPTIONS_LISTED else None
                 if track.kind == "mask":
@@ -238,19 +263,134 @@ class RunDiagnostics:
         if self.cfg.EMBEDDING:
             entry["embedding"], self.last_class_text = probes.embedding_probe(
                 t, loader, getattr(self, "last_class_text", None))
+        # The training-set passes (counterfactual, linear probes, task gradient) cost about two
+        # passes over the training set: done at test evaluations, not at every epoch's validation.
+        on_train_set = split != "val"
         for name, track in self.tracks.items():
-            g = {}
-            if self.cfg.COUNTERFACTUAL:
-                mean = track.train_mean if track.train_mean is not None else self.mean_over_training_set(track)
-                if mean is not None:
-                    g["acc_constant_gate"] = probes.counterfactual(t, loader, track.head, mean)
-                    if entry["acc"] is not None and g["acc_constant_gate"] is not None:
-                        g["delta_acc"] = entry["acc"] - g["acc_constant_gate"]
-            if self.cfg.INPUT_TESTS and getattr(track.head.gate, "input_dependent", True):
-                g.update(probes.input_tests(t, loader, track.head))
-            entry["gates"][name] = g
+            entry["gates"][name] = self.functional_figures(track, loader, on_train_set)
+        if on_train_set and int(self.cfg.GRAD_BATCHES) > 0 and getattr(t, "train_loader_x", None) is not None:
+            split_grads = probes.task_gradient_probe(t, t.train_loader_x, [tr.head for tr in self.tracks.values()],
+                                                     self.group_params.get("prompt", []), int(self.cfg.GRAD_BATCHES))
+            for name, figures in split_grads.items():
+                entry["gates"][name].update({k: metrics.median(v) for k, v in figures.items()})
         self.evaluations.append(entry)
         self.write_summary()
+
+    def alternatives(self, track):
+        """The altered gates each evaluation compares the learned one with, by name:
+        input-dependent gate: "constant" (its training-set mean), "shuffled_cond" and "noise_cond";
+        per-task gate: "init" (its initial values), "all_on" (the ungated model: every mask
+        value 1, or the simplex one-hot on the last option, the full prompt by convention) and, for
+        a mask gate, the study's fixed schedules "schedule_uniform", "schedule_full_on",
+        "schedule_decay", "schedule_increase" (probes.fixed_schedules)."""
+        head, out = track.head, {}
+
+        def override(values):
+            def configure(h):
+                h.override = values.to(self.trainer.device)
+            return configure
+
+        def transform(function):
+            def configure(h):
+                h.cond_transform = function
+            return configure
+
+        if not head.input_dependent:
+            # Compared as the model uses them: through GATE.TEST_MODE, like the learned values.
+            num_options = track.init_output.numel() if track.init_output is not None else probes.gate_values(head).numel()
+            if self.cfg.COUNTERFACTUAL and track.init_output is not None:
+                out["init"] = override(apply_test_mode(track.init_output.view(1, -1), track.kind, head.test_mode,
+                                                       head.threshold)[0])
+            if self.cfg.COUNTERFACTUAL:
+                on = torch.ones(num_options) if track.kind == "mask" else torch.nn.functional.one_hot(
+                    torch.tensor(num_options - 1), num_options).float()
+                out["all_on"] = override(on)
+                if track.kind == "mask":  # the study's fixed schedules in place of the learned values
+                    for name, values in probes.fixed_schedules(num_options).items():
+                        out[f"schedule_{name}"] = override(apply_test_mode(values.view(1, -1), "mask",
+                                                                           head.test_mode, head.threshold)[0])
+            return out
+        if self.cfg.COUNTERFACTUAL:
+            mean = track.train_mean if track.train_mean is not None else self.mean_over_training_set(track)
+            if mean is not None:
+                out["constant"] = override(mean)
+        if self.cfg.INPUT_TESTS:
+            out["shuffled_cond"] = transform(probes.shuffled)
+            out["noise_cond"] = transform(probes.same_moments_noise)
+        return out
+
+    def functional_figures(self, track, loader, on_train_set=True):
+        """Everything an evaluation measures about one gate's function (see verdict.py for how the
+        verdict reads it): the learned gate against each alternative on the evaluation set and,
+        for the reference, on the training set; input dependence with call-to-call noise removed;
+        MI of its choice with the label / domain against a permutation null; linear probes."""
+        t, cfg, head = self.trainer, self.cfg, track.head
+        alternatives = self.alternatives(track)
+        if not alternatives:
+            return {}
+        resamples, permutations = int(cfg.BOOTSTRAP), int(cfg.PERMUTATIONS)
+        reference = "constant" if head.input_dependent else "init"
+        test = probes.functional_pass(t, loader, head, alternatives)
+        functional = {"test": {n: metrics.summarise_change(c, resamples) for n, c in test["changes"].items()}}
+        if test["repeat"] is not None:
+            functional["test"]["repeat"] = metrics.summarise_change(test["repeat"], resamples)
+        train = None
+        train_loader = getattr(t, "train_loader_x", None)
+        if on_train_set and cfg.TRAIN_SET and train_loader is not None:
+            kept = {n: a for n, a in alternatives.items() if n in (reference, "all_on")}
+            train = probes.functional_pass(t, train_loader, head, kept, int(cfg.TRAIN_BATCHES))
+            functional["train"] = {n: metrics.summarise_change(c, resamples) for n, c in train["changes"].items()}
+        g = {"reference": reference, "functional": functional}
+        ref = functional["test"].get(reference)
+        if ref is not None and ref["n"]:
+            repeat_kl = test["repeat"]["kl"] if test["repeat"] is not None else None
+            effect = metrics.functional_effect(test["changes"][reference]["kl"], repeat_kl, resamples)
+            g.update(kl_reference=ref["kl"], delta_acc=ref["acc_delta"],
+                     kl_repeat=functional["test"]["repeat"]["kl"] if test["repeat"] is not None else 0.0,
+                     kl_effect=effect["effect"], kl_effect_low=effect["effect_low"])
+            if reference == "constant":
+                g["acc_constant_gate"] = ref["acc_other"]
+        for name, key in (("shuffled_cond", "acc_shuffled_cond"), ("noise_cond", "acc_noise_cond")):
+            if name in functional["test"]:
+                g[key] = functional["test"][name]["acc_other"]
+        if not head.input_dependent:
+            if "all_on" in functional["test"]:
+                g["kl_all_on"] = functional["test"]["all_on"]["kl"]
+            schedules = {n[len("schedule_"):]: c["kl"] for n, c in functional["test"].items() if n.startswith("schedule_")}
+            if schedules:
+                g["kl_schedules"] = schedules
+            values = probes.gate_values(head)
+            g["values"] = values.tolist() if values.numel() <= MAX_OPTIONS_LISTED else None
+            if track.init_output is not None:
+                g["moved"] = float((values - track.init_output).abs().max()) if values.numel() else 0.0
+            return g
+        gate, labels = test["gate"], test["labels"]
+        if gate is None or gate.shape[0] != labels.shape[0]:
+            return g
+        g.update(metrics.input_dependence(gate, test["gate_repeat"], resamples))
+        g["eval_input_std"] = g.pop("input_std")
+        choices = metrics.choices_from_gate(gate, track.kind)
+        g["choice_top_share"] = metrics.choice_top_share(choices)
+        g["mi"] = {"label": metrics.mutual_information_test(choices, labels, permutations)}
+        domains = test["domains"]
+        if domains is not None and domains.unique().numel() > 1:
+            g["mi"]["domain"] = metrics.mutual_information_test(choices, domains, permutations)
+        if train is not None and train["gate"] is not None and train["gate"].shape[0] == train["labels"].shape[0]:
+            g["linear_probe"] = self.linear_probes(train, test)
+        return g
+
+    @staticmethod
+    def linear_probes(train, test):
+        """Held-out accuracy of linear probes to the label (and the domain, when the data records
+        more than one) from the gate's conditioning and from the gate's output."""
+        probes_out = {}
+        targets = {"label": (train["labels"], test["labels"])}
+        if train["domains"] is not None and test["domains"] is not None and train["domains"].unique().numel() > 1:
+            targets["domain"] = (train["domains"], test["domains"])
+        for source in ("cond", "gate"):
+            for target, (y_train, y_test) in targets.items():
+                probes_out[f"{source}_{target}"] = metrics.linear_probe(train[source], y_train, test[source], y_test)
+        return probes_out
 
     def flush(self, reason=None):
         """Write everything measured so far (steps, the unfinished step, the summary) now: the
@@ -325,33 +465,35 @@ class RunDiagnostics:
     def summary(self):
         t = self.trainer
         cfg = t.cfg
-        th = {k: cfg.DIAGNOSTICS[k] for k in ("RHO_MIN", "STD_MIN", "SAT_MAX", "EFF_MIN", "DELTA_MIN", "WINDOW")}
+        th = {k: cfg.DIAGNOSTICS[k] for k in DEFAULT_THRESHOLDS}
         window = metrics.tail(self.steps, float(cfg.DIAGNOSTICS.WINDOW))
         last_eval = self.evaluations[-1] if self.evaluations else {"gates": {}}
         gates = {}
         for name, track in self.tracks.items():
             fig = self.window_figures(name, window)
-            ev = last_eval["gates"].get(name, {})
-            no_task_grad = bool(getattr(track.head.gate, "no_task_grad_params", ()))
-            input_dependent = bool(getattr(track.head.gate, "input_dependent", True))
-            verdict, reasons = gate_verdict(fig["rho_median"], fig["input_std"], fig["saturation"],
-                                            fig["effective_options"], ev.get("delta_acc"), input_dependent, th,
-                                            kind=track.kind, no_task_grad=no_task_grad)
             last_epoch = next((e["gates"].get(name, {}) for e in reversed(self.epochs)), {})
-            gates[name] = {
-                "gate": track.head.gate_name, "kind": track.kind, "input_dependent": input_dependent,
-                "verdict": verdict, "reasons": reasons,
+            gate = {
+                "gate": track.head.gate_name, "kind": track.kind,
+                "input_dependent": bool(getattr(track.head.gate, "input_dependent", True)),
+                "no_task_grad_params": list(getattr(track.head.gate, "no_task_grad_params", ())),
+                # Training figures: medians over the last WINDOW of the logged steps (every loss term).
                 "rho_median": fig["rho_median"], "input_std": fig["input_std"], "saturation": fig["saturation"],
                 "usage_entropy": fig["usage_entropy"], "effective_options": fig["effective_options"],
-                "top_share": fig["top_share"],
-                "magnitude_gap": fig["magnitude_gap_median"],
+                "top_share": fig["top_share"], "magnitude_gap": fig["magnitude_gap_median"],
                 "effective_length": fig["effective_length"], "slope": fig["slope"], "dL_dg_rms": fig["dL_dg_rms"],
-                "acc": last_eval.get("acc"), "acc_constant_gate": ev.get("acc_constant_gate"),
-                "delta_acc": ev.get("delta_acc"), "acc_shuffled_cond": ev.get("acc_shuffled_cond"),
-                "acc_noise_cond": ev.get("acc_noise_cond"),
                 "mi_label": last_epoch.get("mi_label"), "mi_domain": last_epoch.get("mi_domain"),
-                "no_task_grad_params": list(getattr(track.head.gate, "no_task_grad_params", ())),
+                "mi_label_train": last_epoch.get("mi_label_stats"), "mi_domain_train": last_epoch.get("mi_domain_stats"),
+                "init_values": track.init_output.tolist() if track.init_output is not None
+                and track.init_output.numel() <= MAX_OPTIONS_LISTED else None,
+                "acc": last_eval.get("acc"),
             }
+            for key in ("acc_constant_gate", "delta_acc", "acc_shuffled_cond", "acc_noise_cond"):
+                gate[key] = None
+            # Evaluation figures (the last evaluation): function, input dependence, task gradient.
+            gate.update(last_eval["gates"].get(name, {}))
+            gate.update(self.probe_figures(name))
+            gate["verdict"], gate["reasons"] = gate_verdict(gate, th)
+            gates[name] = gate
         underflow = [u for u in (s.get("fp16_underflow", {}).get("underflow") for s in window) if u is not None]
         return {
             "config_name": os.path.splitext(os.path.basename(cfg.get("CONFIG_FILE", "")))[0], "trainer": cfg.TRAINER.NAME, "dataset": cfg.DATASET.NAME,
@@ -363,6 +505,21 @@ class RunDiagnostics:
             "nonfinite_skips": int(getattr(t, "nonfinite_skips", 0)),
             "evaluations": self.evaluations,
         }
+
+    def probe_figures(self, name):
+        """From the last epoch with the study's probes (DIAGNOSTICS.PROBE_EPOCHS): the noise test's
+        sensitivity_max, and schedule_gain = learned accuracy minus the best of the fixed schedules
+        and the random gate of the same effective length (schedule_best names it)."""
+        last = next((e["probes"].get(name) for e in reversed(self.epochs) if name in e.get("probes", {})), None)
+        if not last:
+            return {}
+        out = {"sensitivity_max": (last.get("sensitivity") or {}).get("max")}
+        schedules = last.get("schedules") or {}
+        others = {k: v for k, v in schedules.items() if k not in ("learned", "per_layer_mean") and v is not None}
+        if schedules.get("learned") is not None and others:
+            best = max(others, key=others.get)
+            out.update(schedule_gain=schedules["learned"] - others[best], schedule_best=best)
+        return out
 
     def write_summary(self):
         summary = self.summary()

@@ -1,4 +1,7 @@
 """The diagnostics' outputs: JSON lines, summary.json, TensorBoard scalars, plots, the log table."""
+import json
+import os
+
 from tabulate import tabulate
 
 # The JSON-lines helpers are gatescope's shared ones (one policy for a torn last line); the
@@ -80,14 +83,68 @@ def _fmt(x, spec=".3g"):
     return "-" if x is None else format(x, spec)
 
 
+def _ci(g):
+    ref = ((g.get("functional") or {}).get("test") or {}).get(g.get("reference") or "constant") or {}
+    ci = ref.get("acc_delta_ci")
+    return "-" if not ci else f"[{ci[0]:+.1f}, {ci[1]:+.1f}]"
+
+
 def summary_table(summary):
-    """The per-gate diagnosis as a tabulate table (printed at the end of log.txt)."""
+    """The per-gate diagnosis as a tabulate table (printed at the end of log.txt), then the reasons."""
     rows = []
     for name, g in summary["gates"].items():
-        rows.append([name, g["gate"], g["verdict"], _fmt(g["rho_median"]), _fmt(g["magnitude_gap"], ".2f"),
-                     _fmt(g["input_std"]), _fmt(g["saturation"], ".2f"), _fmt(g["effective_options"]),
-                     _fmt(g["acc"], ".2f"), _fmt(g["acc_constant_gate"], ".2f"), _fmt(g["delta_acc"], "+.2f")])
-    table = tabulate(rows, headers=["gate", "name", "verdict", "rho median", "log10 gap", "input std",
-                                    "saturation", "eff. options", "acc", "acc const.", "delta"])
+        rho = g.get("rho_task") if g.get("rho_task") is not None else g.get("rho_median")
+        std = g.get("signal_std") if g.get("signal_std") is not None else g.get("input_std")
+        rows.append([name, g["gate"], g["verdict"], _fmt(rho), _fmt(g.get("magnitude_gap"), ".2f"),
+                     _fmt(std) if g.get("input_dependent", True) else "per-task", _fmt(g.get("saturation"), ".2f"),
+                     _fmt(g.get("effective_options")), g.get("reference") or "-", _fmt(g.get("kl_reference")),
+                     _fmt(g.get("acc"), ".2f"), _fmt(g.get("delta_acc"), "+.2f"), _ci(g)])
+    table = tabulate(rows, headers=["gate", "name", "verdict", "rho (task)", "log10 gap", "input std",
+                                    "saturation", "eff. options", "reference", "KL vs ref.", "acc", "delta",
+                                    "delta 95% CI"])
     reasons = "\n".join(f"  {name}: {r}" for name, g in summary["gates"].items() for r in g["reasons"])
     return f"** Gate diagnostics **\n{table}\n{reasons}" if reasons else f"** Gate diagnostics **\n{table}"
+
+
+def load_run_summary(run_dir):
+    """summary.json of a run folder (RUN_DIR/diagnostics/summary.json; the diagnostics folder or the
+    file itself are accepted too). Raises FileNotFoundError naming the paths tried, ValueError for
+    a file that is not a diagnostics summary."""
+    candidates = [os.path.join(run_dir, "diagnostics", "summary.json"), os.path.join(run_dir, "summary.json"), run_dir]
+    path = next((c for c in candidates if os.path.isfile(c)), None)
+    if path is None:
+        raise FileNotFoundError(f"no diagnostics summary for {run_dir!r}: tried {', '.join(candidates[:2])}; pass the "
+                                "--output-dir of a gated run that reached an evaluation")
+    try:
+        with open(path, encoding="utf-8") as f:
+            summary = json.load(f)
+    except ValueError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); the run may have been killed while writing it: rerun "
+                         "its evaluation (--eval-only) to write it again") from e
+    if not isinstance(summary, dict) or not isinstance(summary.get("gates"), dict):
+        raise ValueError(f"{path} holds no 'gates' entry: it is not a gatescope diagnostics summary")
+    return path, summary
+
+
+def rediagnose(summary, overrides=None):
+    """The verdicts of a finished run's summary recomputed with its recorded thresholds, overridden
+    by `overrides` ({KEY: value}; KEY one of verdict.DEFAULT_THRESHOLDS). Returns {gate name:
+    (old verdict, new verdict, reasons)}; the summary is not modified. Raises KeyError for an
+    unknown key, naming the valid ones."""
+    from .verdict import DEFAULT_THRESHOLDS, gate_verdict
+
+    overrides = dict(overrides or {})
+    if "WINDOW" in overrides:
+        raise KeyError("WINDOW chooses the training steps the medians are taken over, when the run is made; "
+                       "summary.json holds the medians, not the steps: set DIAGNOSTICS.WINDOW in a new run")
+    unknown = sorted(set(overrides) - set(DEFAULT_THRESHOLDS))
+    if unknown:
+        raise KeyError(f"unknown threshold(s) {', '.join(unknown)}; the verdict's thresholds are "
+                       f"{', '.join(k for k in DEFAULT_THRESHOLDS if k != 'WINDOW')}")
+    thresholds = {k: v for k, v in (summary.get("thresholds") or {}).items() if k in DEFAULT_THRESHOLDS}
+    thresholds.update({k: float(v) for k, v in overrides.items()})
+    out = {}
+    for name, gate in summary["gates"].items():
+        verdict, reasons = gate_verdict(gate, thresholds)
+        out[name] = (gate.get("verdict"), verdict, reasons)
+    return out

@@ -1,34 +1,96 @@
-"""The per-gate verdict: healthy, imbalanced, degraded or collapsed, with the reasons in words.
+"""The per-gate verdict: does this gate do anything? A pure function of one gate's summary figures.
 
-A pure function of the run's summary figures (no trainer, no I/O), so the verdict of any finished
-run can be recomputed from its summary.json with other thresholds.
+No trainer, no I/O: `gatescope diagnose RUN_DIR --set KEY VALUE` recomputes the verdict of any
+finished run from its summary.json with other thresholds.
+
+Three questions (t = the thresholds, DEFAULT_THRESHOLDS for those not given):
+
+  trainable   rho_task >= RHO_MIN. rho_task = RMS(d ce / d gate params) / RMS(d ce / d prompt params),
+              the task loss alone (a gate's own auxiliary loss, sparsity and remedies' losses are left
+              out), median over DIAGNOSTICS.GRAD_BATCHES training batches at the last test evaluation;
+              rho_median (every loss term, median over the last WINDOW of training) when rho_task was
+              not measured. Always true for parameters trained by a surrogate loss by design
+              (no_task_grad_params).
+  varied      input-dependent gate: signal_std >= STD_MIN, where signal_std is the gate's std across
+              the evaluation set's inputs with its call-to-call noise taken out (for a gate with noise at
+              evaluation, signal_std_low, the lower end of its 95 % bootstrap interval; input_std, the
+              training median, when not measured); and not a fixed switch (saturation > SAT_MAX and
+              choice_top_share > SAT_MAX: saturated, and nearly every input gets the same on/off
+              pattern or option; a hard router whose saturated values differ by input is varied);
+              and, for a simplex gate, effective_options >= EFF_MIN.
+              per-task gate (the same values for every input by design: sigmoid, scalar, constant,
+              AdaptiveMaPLe's length and depth gates): moved >= MOVE_MIN, moved = max_k |value now -
+              value at initialisation| (a gate without parameters never moves).
+  functional  kl_effect_low >= KL_MIN: the lower end of the 95 % bootstrap interval (over inputs) of
+              kl_effect = mean_n (kl_reference[n] - kl_repeat[n] / 2) (nats), where per input n:
+              kl_reference[n] = KL(p with the learned gate || p with the gate replaced by its
+              reference) on the evaluation set, the reference being the gate's training-set mean (a
+              constant gate: the input dependence removed) or, for a per-task gate, its initial
+              values (what it learned removed); kl_repeat[n] = the same KL between two calls of the
+              learned gate (0 for a gate without noise at evaluation; with noise, half of it is what
+              the noise alone adds to kl_reference). When no counterfactual was measured,
+              the study's noise test decides: sensitivity_max >= SENSITIVITY_MIN. The interval makes
+              the test mean the same on a small test set as on a large one.
+
+  order  verdict     rule (the first that holds)
+  1      collapsed   not varied and not functional: a constant in all but name
+  2      degraded    not varied (but functional): the output does not follow the input / did not learn
+  3      inert       not functional: its statistics look alive, removing it changes nothing
+  4      imbalanced  not trainable: it works, but its task gradient is too small to train it
+  5      healthy     trainable, varied and functional
+
+`inert` is the study's word: its released diagnostics call a gate inert when noise on its logits
+barely moves the class logits; here the same finding is measured by removing the gate.
+
+A figure that is None (not measured, or not finite) skips its test, and a reason says so. `reasons`
+lists every finding with its numbers and threshold, also those outranked by the verdict, and the
+evidence that does not decide: the study's probes (noise on the gate logits, fixed schedules and a
+random gate of the same effective length: within SCHEDULE_GAIN_MIN points of the best means no real
+adaptation), the accuracy change with its bootstrap interval, and whether the gate's conditioning
+carries the label / domain (a linear probe, PROBE_MARGIN) and whether the gate's choice follows it
+(MI against its permutation null, MI_P_MAX).
 """
 from gates.contract import GATE_KINDS
 
 from .metrics import finite_or_none as _measured  # None when not measured (None, NaN or inf)
 
-VERDICTS = ("healthy", "imbalanced", "degraded", "collapsed")
+# From the best to the worst answer (summaries list verdict counts in this order).
+VERDICTS = ("healthy", "imbalanced", "inert", "degraded", "collapsed")
 
 DEFAULT_THRESHOLDS = dict(
-    RHO_MIN=0.01,     # imbalanced below: median rho = RMS(gate grad) / RMS(prompt grad) over the window
-    STD_MIN=0.01,     # degraded below: input_std, mean per-option std of an input-conditioned gate's output
-    SAT_MAX=0.9,      # degraded above: share of gate outputs within EPS of 0 or 1
-    EFF_MIN=1.1,      # degraded below (simplex gates): effective number of options exp(usage entropy)
-    DELTA_MIN=0.5,    # collapsed (if degraded): constant-gate counterfactual moves accuracy < this (points)
-    WINDOW=0.5,       # share of training, counted from the end, over which rho's median is taken
-    GAP_SEVERE=2.0,   # the study's severe log10 gap: log10(||grad prompt|| / ||grad gate||) above this
+    RHO_MIN=0.01,           # imbalanced below: rho of the task loss, RMS(gate grad) / RMS(prompt grad)
+    STD_MIN=0.01,           # not varied below: the gate's input std with its call-to-call noise removed
+    SAT_MAX=0.9,            # a fixed switch above: share of saturated values AND share of the commonest choice
+    EFF_MIN=1.1,            # not varied below (simplex): effective number of options exp(H(mean usage))
+    MOVE_MIN=0.01,          # not varied below (per-task gates): max |value now - value at init|
+    KL_MIN=1e-3,            # not functional below: reproducible KL(learned || reference) in nats
+    SENSITIVITY_MIN=0.01,   # the study's inert line: max mean |delta logits| under noise on the gate logits
+    SCHEDULE_GAIN_MIN=1.0,  # the study's 1-2 %: learned minus best fixed / random schedule, points
+    PROBE_MARGIN=10.0,      # the conditioning carries a label when a linear probe beats chance by this (points)
+    MI_P_MAX=0.05,          # the gate's choice follows a label when MI's permutation p-value is below this
+    WINDOW=0.5,             # share of training, counted from the end, over which the step medians are taken
+    GAP_SEVERE=2.0,         # the study's severe log10 gap: log10(||grad prompt|| / ||grad gate||) above this
 )
 
 # One line per threshold, for the config's help text and the README.
 THRESHOLD_HELP = {
-    "RHO_MIN": "imbalanced when the median of rho = RMS(gate grad) / RMS(prompt grad) is below this",
-    "STD_MIN": "degraded when an input-conditioned gate's mean per-option std across inputs is below this",
-    "SAT_MAX": "degraded when the share of gate outputs within EPS of 0 or 1 is above this",
-    "EFF_MIN": "degraded when a simplex gate's effective number of options exp(H(mean usage)) is below this",
-    "DELTA_MIN": "collapsed (when degraded) if replacing the gate by its training mean moves accuracy "
-                 "by fewer points than this",
-    "WINDOW": "share of training steps, counted from the end, over which the median rho is taken",
-    "GAP_SEVERE": "the study's severe gradient magnitude gap log10(||grad prompt||_2 / ||grad gate||_2)",
+    "RHO_MIN": "imbalanced when rho of the task loss, RMS(gate grad) / RMS(prompt grad), is below this",
+    "STD_MIN": "not varied when an input-dependent gate's std across inputs, call-to-call noise removed, is below this",
+    "SAT_MAX": "a fixed switch (not varied) when the share of gate values within EPS of 0 or 1 and the share of "
+               "inputs given the commonest option or on/off pattern are both above this",
+    "EFF_MIN": "not varied when a simplex gate's effective number of options exp(H(mean usage)) is below this",
+    "MOVE_MIN": "not varied when a per-task gate's values moved less than this from their initialisation",
+    "KL_MIN": "not functional when replacing the gate by its reference (training mean; per-task: initial values) "
+              "changes the predictions by a reproducible mean KL below this (nats)",
+    "SENSITIVITY_MIN": "the study's noise test, used when no counterfactual was measured: not functional when "
+                       "noise on the gate logits moves the class logits by a mean |delta| below this",
+    "SCHEDULE_GAIN_MIN": "evidence: no real adaptation when the learned gate beats the best fixed schedule or "
+                         "random gate by fewer points than this (the study's 1-2 %)",
+    "PROBE_MARGIN": "evidence: the gate's conditioning carries the label / domain when a linear probe's held-out "
+                    "accuracy beats always answering the commonest value by this many points",
+    "MI_P_MAX": "evidence: the gate's choice follows the label / domain when MI's permutation p-value is below this",
+    "WINDOW": "share of training steps, counted from the end, over which the step medians are taken",
+    "GAP_SEVERE": "evidence: the study's severe gradient magnitude gap log10(||grad prompt||_2 / ||grad gate||_2)",
 }
 
 
@@ -39,7 +101,7 @@ def _fmt(x):
     return f"{x:.1e}"
 
 
-def _merged(thresholds):
+def merged_thresholds(thresholds=None):
     """The defaults overridden by `thresholds` (a dict or the cfg.DIAGNOSTICS node; other keys ignored)."""
     merged = dict(DEFAULT_THRESHOLDS)
     if thresholds:
@@ -47,92 +109,254 @@ def _merged(thresholds):
     return merged
 
 
-def gate_verdict(rho_median, input_std, saturation, effective_options, delta_acc, input_dependent, thresholds,
-                 kind="mask", no_task_grad=False):
-    """Classify one gate of one run; returns (verdict, reasons).
+def _get(figures, *path):
+    """figures[path[0]][path[1]]..., or None where a level is missing."""
+    x = figures
+    for key in path:
+        if not isinstance(x, dict):
+            return None
+        x = x.get(key)
+    return x
 
-    With t = thresholds (missing keys take DEFAULT_THRESHOLDS):
-      imbalanced := rho_median < RHO_MIN                          (skipped when no_task_grad)
-      degraded   := (input_dependent and input_std < STD_MIN)
-                    or saturation > SAT_MAX
-                    or (kind == "simplex" and effective_options < EFF_MIN)
-      collapsed  := degraded and |delta_acc| < DELTA_MIN
-    verdict = the first that holds of collapsed, degraded, imbalanced; else healthy. A figure that is
-    None (or not finite) was not measured and its test is skipped, with a reason saying so.
 
-    delta_acc is acc(learned gate) - acc(gate replaced by its training-set mean), in accuracy points
-    (percent), like DELTA_MIN. A per-task gate (input_dependent False) has input_std 0 by
-    construction, so the input-sensitivity test does not apply to it. no_task_grad: the gate's
-    parameters receive no task-loss gradient by design (trained by a surrogate loss), so rho says
-    nothing about them. `reasons` lists every finding, also those outranked by the verdict.
-    """
-    if kind not in GATE_KINDS:
-        raise ValueError(f"gate kind must be one of {GATE_KINDS}, found {kind!r}; pass the gate's declared kind")
-    t = _merged(thresholds)
-    rho, std, sat = _measured(rho_median), _measured(input_std), _measured(saturation)
-    eff, delta = _measured(effective_options), _measured(delta_acc)
-    reasons = []
-
-    # Gradient magnitude imbalance.
-    imbalanced = False
-    if no_task_grad:
+def _trainable(f, t, reasons):
+    if f.get("no_task_grad_params"):
         reasons.append("gate parameters receive no task-loss gradient by design (trained by a surrogate loss); "
                        "rho not used")
-    elif rho is None:
+        return True
+    rho, source = _measured(f.get("rho_task")), "rho of the task loss"
+    if rho is None:
+        rho, source = _measured(f.get("rho_median")), "rho median (all loss terms)"
+    aux = _measured(f.get("aux_share"))
+    if aux is not None and aux > 0:
+        reasons.append(f"{_fmt(100 * aux)} % of the gate's gradient norm comes from auxiliary losses; "
+                       "rho is read on the task loss alone")
+    if rho is None:
         reasons.append("rho not measured (no gate or prompt gradient recorded); imbalance not tested")
-    elif rho < t["RHO_MIN"]:
-        imbalanced = True
-        reasons.append(f"rho median {_fmt(rho)} < RHO_MIN {_fmt(t['RHO_MIN'])}")
-    else:
-        reasons.append(f"rho median {_fmt(rho)} >= RHO_MIN {_fmt(t['RHO_MIN'])}")
+        return True
+    if rho < t["RHO_MIN"]:
+        reasons.append(f"not trainable: {source} {_fmt(rho)} < RHO_MIN {_fmt(t['RHO_MIN'])}")
+        return False
+    reasons.append(f"trainable: {source} {_fmt(rho)} >= RHO_MIN {_fmt(t['RHO_MIN'])}")
+    return True
 
-    # Gate degradation.
-    degraded = False
-    if not input_dependent:
-        reasons.append("per-task gate: input sensitivity not applicable")
-    elif std is None:
+
+def _varied_input_dependent(f, t, reasons):
+    varied = True
+    std, source = _measured(f.get("signal_std")), "input std at evaluation, call-to-call noise removed"
+    low = _measured(f.get("signal_std_low"))
+    if low is not None:  # a gate with noise at evaluation: judged on the interval's lower end
+        std, source = low, (f"input std at evaluation, call-to-call noise removed (estimate {_fmt(std or 0.0)}, "
+                            "lower 95 % bound)")
+    if std is None:
+        std, source = _measured(f.get("input_std")), "input std (training median)"
+    repeat = _measured(f.get("repeat_std"))
+    if repeat is not None and repeat > 0:
+        reasons.append(f"the gate answers the same input differently from call to call (repeat std {_fmt(repeat)}, "
+                       f"input std {_fmt(_measured(f.get('eval_input_std')) or 0.0)}): that part is noise, not input "
+                       "dependence")
+    if std is None:
         reasons.append("input std not measured; input sensitivity not tested")
     elif std < t["STD_MIN"]:
-        degraded = True
-        reasons.append(f"input std {_fmt(std)} < STD_MIN {_fmt(t['STD_MIN'])}: output ignores the input")
+        varied = False
+        reasons.append(f"not varied: {source} {_fmt(std)} < STD_MIN {_fmt(t['STD_MIN'])}: the output does not "
+                       "follow the input")
     else:
-        reasons.append(f"input std {_fmt(std)} >= STD_MIN {_fmt(t['STD_MIN'])}")
+        reasons.append(f"varied: {source} {_fmt(std)} >= STD_MIN {_fmt(t['STD_MIN'])}")
 
-    if sat is None:
-        reasons.append("saturation not measured; not tested")
-    elif sat > t["SAT_MAX"]:
-        degraded = True
-        reasons.append(f"saturation {_fmt(sat)} > SAT_MAX {_fmt(t['SAT_MAX'])}")
-    else:
+    sat, top = _measured(f.get("saturation")), _measured(f.get("choice_top_share"))
+    if sat is not None and sat > t["SAT_MAX"]:
+        if top is not None and top > t["SAT_MAX"]:
+            varied = False
+            reasons.append(f"not varied: saturated ({_fmt(sat)} > SAT_MAX {_fmt(t['SAT_MAX'])}) and "
+                           f"{_fmt(100 * top)} % of inputs get the same choice: a fixed switch")
+        elif top is not None:
+            reasons.append(f"saturated ({_fmt(sat)} > SAT_MAX {_fmt(t['SAT_MAX'])}) but the choice differs by input "
+                           f"(commonest choice {_fmt(100 * top)} % of inputs): a hard router, not degradation")
+        else:
+            reasons.append(f"saturated ({_fmt(sat)} > SAT_MAX {_fmt(t['SAT_MAX'])}); choice shares not measured")
+    elif sat is not None:
         reasons.append(f"saturation {_fmt(sat)} <= SAT_MAX {_fmt(t['SAT_MAX'])}")
 
-    if kind == "simplex":
+    if f.get("kind") == "simplex":
+        eff = _measured(f.get("effective_options"))
         if eff is None:
             reasons.append("effective number of options not measured; not tested")
         elif eff < t["EFF_MIN"]:
-            degraded = True
-            reasons.append(f"effective options {_fmt(eff)} < EFF_MIN {_fmt(t['EFF_MIN'])}: one option takes all")
+            varied = False
+            reasons.append(f"not varied: effective options {_fmt(eff)} < EFF_MIN {_fmt(t['EFF_MIN'])}: "
+                           "one option takes all")
         else:
             reasons.append(f"effective options {_fmt(eff)} >= EFF_MIN {_fmt(t['EFF_MIN'])}")
+    return varied
 
-    # Counterfactual: does replacing the gate by a constant change anything?
-    collapsed = False
-    if delta is None:
-        reasons.append("no constant-gate counterfactual measured"
-                       + ("; cannot tell collapsed from degraded" if degraded else ""))
-    elif abs(delta) < t["DELTA_MIN"]:
-        collapsed = degraded
-        reasons.append(f"|delta acc| {_fmt(abs(delta))} < DELTA_MIN {_fmt(t['DELTA_MIN'])} points: "
-                       "a constant gate does as well")
+
+def _varied_per_task(f, t, reasons):
+    reasons.append("per-task gate (the same values for every input by design): varied means its learned values "
+                   "moved from their initialisation, functional that replacing them by their initial values "
+                   "changes the model")
+    moved = _measured(f.get("moved"))
+    if moved is None:
+        reasons.append("initial values not recorded (an evaluation-only run); movement not tested")
+        return True
+    if moved < t["MOVE_MIN"]:
+        reasons.append(f"not varied: values moved {_fmt(moved)} < MOVE_MIN {_fmt(t['MOVE_MIN'])} from their "
+                       "initialisation: it is the fixed schedule it started as")
+        return False
+    reasons.append(f"varied: values moved {_fmt(moved)} >= MOVE_MIN {_fmt(t['MOVE_MIN'])} from their initialisation")
+    return True
+
+
+def _functional(f, t, reasons):
+    reference = "its initial values" if not f.get("input_dependent", True) else "its training-set mean (a constant)"
+    kl, repeat = _measured(f.get("kl_reference")), _measured(f.get("kl_repeat")) or 0.0
+    sens = _measured(f.get("sensitivity_max"))
+    if kl is None:
+        if sens is None:
+            reasons.append("no counterfactual measured; function not tested")
+            return True
+        if sens < t["SENSITIVITY_MIN"]:
+            reasons.append(f"not functional (the study's noise test): noise on the gate logits moves the class "
+                           f"logits by {_fmt(sens)} < SENSITIVITY_MIN {_fmt(t['SENSITIVITY_MIN'])}")
+            return False
+        reasons.append(f"functional (the study's noise test): noise on the gate logits moves the class logits by "
+                       f"{_fmt(sens)} >= SENSITIVITY_MIN {_fmt(t['SENSITIVITY_MIN'])}")
+        return True
+    effect = _measured(f.get("kl_effect"))
+    effect = kl - repeat / 2.0 if effect is None else effect
+    low = _measured(f.get("kl_effect_low"))
+    judged, how = (low, "lower 95 % bound") if low is not None else (effect, "")
+    noise = f" less half the call-to-call KL {_fmt(repeat)}" if repeat > 0 else ""
+    detail = (f"changes the predictions by KL {_fmt(kl)}{noise}: reproducible effect {_fmt(effect)}"
+              + (f", {how} {_fmt(judged)}" if how else ""))
+    if judged < t["KL_MIN"]:
+        reasons.append(f"not functional: replacing the gate by {reference} {detail} < KL_MIN {_fmt(t['KL_MIN'])} nats")
+        functional = False
     else:
-        reasons.append(f"|delta acc| {_fmt(abs(delta))} >= DELTA_MIN {_fmt(t['DELTA_MIN'])} points: "
-                       "replacing the gate by a constant changes accuracy")
+        reasons.append(f"functional: replacing the gate by {reference} {detail} >= KL_MIN {_fmt(t['KL_MIN'])} nats")
+        functional = True
+    if sens is not None:
+        agree = (sens >= t["SENSITIVITY_MIN"]) == functional
+        reasons.append(f"the study's noise test {'agrees' if agree else 'disagrees'}: noise on the gate logits moves "
+                       f"the class logits by {_fmt(sens)} ({'>=' if sens >= t['SENSITIVITY_MIN'] else '<'} "
+                       f"{_fmt(t['SENSITIVITY_MIN'])}){'' if agree else '; it probes the gate locally (a saturated router ignores small noise), the counterfactual decides'}")
+    return functional
 
-    if collapsed:
+
+def _evidence(f, t, reasons):
+    """Findings that do not decide the verdict but explain it."""
+    gap = _measured(f.get("magnitude_gap"))
+    if gap is not None and gap > t["GAP_SEVERE"]:
+        reasons.append(f"log10 gradient gap {_fmt(gap)} > GAP_SEVERE {_fmt(t['GAP_SEVERE'])} (the study's severe)")
+    reference = _get(f, "functional", "test", f.get("reference") or "constant")
+    if reference and reference.get("acc_delta") is not None:
+        ci = reference.get("acc_delta_ci") or [None, None]
+        ci_text = f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci[0] is not None else ""
+        reasons.append(f"learned gate vs {f.get('reference') or 'constant'} on the evaluation set ({reference['n']} "
+                       f"inputs): accuracy {reference['acc_delta']:+.2f} points{ci_text} (95 % bootstrap), "
+                       f"cross-entropy {_fmt(reference['loss_base'])} vs {_fmt(reference['loss_other'])} nats, "
+                       f"mean |delta logits| {_fmt(reference['mean_abs_logit_delta'])}, "
+                       f"{_fmt(100 * reference['changed_share'])} % of predictions change")
+    for name, text in (("shuffled_cond", "the conditioning of other images of the batch"),
+                       ("noise_cond", "noise of the conditioning's mean and std")):
+        probe = _get(f, "functional", "test", name)
+        if probe and probe.get("kl") is not None:
+            reasons.append(f"fed {text}, the model's predictions change by KL {_fmt(probe['kl'])} nats, accuracy "
+                           f"{-probe['acc_delta']:+.2f} points")
+    on = _measured(f.get("kl_all_on"))
+    if on is not None:
+        reasons.append(f"replacing it by all-on (the ungated model) changes the predictions by KL {_fmt(on)} nats"
+                       f" ({'<' if on < t['KL_MIN'] else '>='} KL_MIN)")
+    schedules = {k: v for k, v in (f.get("kl_schedules") or {}).items() if _measured(v) is not None}
+    if schedules:
+        listed = ", ".join(f"{k} {_fmt(v)}" for k, v in schedules.items())
+        closest = min(schedules, key=schedules.get)
+        reasons.append(f"replacing it by the study's fixed schedules changes the predictions by KL {listed} nats; "
+                       f"closest: {closest}" + (" (< KL_MIN: it acts as that schedule)"
+                                                if schedules[closest] < t["KL_MIN"] else ""))
+    gain = _measured(f.get("schedule_gain"))
+    if gain is not None:
+        best = f.get("schedule_best") or "a fixed schedule"
+        if gain < t["SCHEDULE_GAIN_MIN"]:
+            reasons.append(f"no real adaptation (the study's rule): the learned gate is {gain:+.2f} points from the "
+                           f"best fixed or random schedule ({best}), < SCHEDULE_GAIN_MIN {_fmt(t['SCHEDULE_GAIN_MIN'])}")
+        else:
+            reasons.append(f"the learned gate beats the best fixed or random schedule ({best}) by {gain:+.2f} points")
+    if f.get("input_dependent", True):
+        for target in ("domain", "label"):
+            line = routing_reason(target, _get(f, "linear_probe", f"cond_{target}"),
+                                  _get(f, "linear_probe", f"gate_{target}"), _get(f, "mi", target), t)
+            if line:
+                reasons.append(line)
+
+
+def routing_reason(target, cond_probe, gate_probe, mi, thresholds=None):
+    """One sentence on whether the gate could and does route by `target` ("domain" or "label"):
+    "the signal is not there" (the linear probe from the conditioning, cond_probe, is within
+    PROBE_MARGIN of chance), "the signal is there but the gate ignores it", "the gate's output
+    carries some of it but its choice does not follow it" (the probe from the gate's output,
+    gate_probe, beats chance by PROBE_MARGIN, the MI of its choice does not beat its null), or "the
+    gate follows it" (MI above its permutation null: p < MI_P_MAX). None when nothing was measured."""
+    t = merged_thresholds(thresholds)
+    if cond_probe is None and mi is None:
+        return None
+    chooses, carries, evidence = False, False, []
+    if mi and mi.get("plugin") is not None:
+        p = mi.get("p_value")
+        evidence.append(f"MI(choice; {target}) {_fmt(mi['plugin'])} nats, null mean "
+                        f"{_fmt(mi.get('null_mean') or 0.0)}" + (f", p {_fmt(p)}" if p is not None else ""))
+        chooses = p is not None and p < t["MI_P_MAX"] and (mi.get("excess") or 0.0) > 0
+    if gate_probe:
+        evidence.append(f"probe from the gate's output {_fmt(gate_probe['accuracy'])} %")
+        carries = gate_probe["margin"] >= t["PROBE_MARGIN"]
+    evidence = "; ".join(evidence)
+    if chooses:
+        follows = f"the gate follows the {target}"
+    elif carries:
+        follows = f"the gate's output carries some of the {target} but its choice does not follow it"
+    else:
+        follows = None
+    if cond_probe is None:
+        return f"{follows or f'the gate does not follow the {target}'} ({evidence})"
+    probe = (f"a linear probe from the gate's conditioning reaches {_fmt(cond_probe['accuracy'])} % on held-out "
+             f"data, chance {_fmt(cond_probe['chance'])} %")
+    if cond_probe["margin"] < t["PROBE_MARGIN"]:
+        return f"the {target} signal is not there: {probe}" + (f" ({evidence})" if evidence else "")
+    if follows:
+        return f"{follows}: {probe}; {evidence}"
+    return f"the {target} signal is there but the gate ignores it: {probe}; {evidence}"
+
+
+def gate_verdict(figures, thresholds=None):
+    """Classify one gate of one run from its summary figures; returns (verdict, reasons).
+
+    figures: the gate's entry of summary.json (a dict; keys read: kind, input_dependent,
+    no_task_grad_params, rho_task, rho_median, aux_share, signal_std, input_std, eval_input_std,
+    repeat_std, saturation, choice_top_share, effective_options, moved, reference, kl_reference,
+    kl_repeat, sensitivity_max, and as evidence magnitude_gap, kl_all_on, kl_schedules, schedule_gain,
+    schedule_best, functional, linear_probe, mi). thresholds: a dict or the cfg.DIAGNOSTICS node
+    (missing keys take DEFAULT_THRESHOLDS). The rules are in this module's docstring.
+    Raises ValueError for a kind other than mask or simplex.
+    """
+    kind = figures.get("kind", "mask")
+    if kind not in GATE_KINDS:
+        raise ValueError(f"gate kind must be one of {GATE_KINDS}, found {kind!r}; pass the gate's declared kind")
+    t = merged_thresholds(thresholds)
+    reasons = []
+    trainable = _trainable(figures, t, reasons)
+    if figures.get("input_dependent", True):
+        varied = _varied_input_dependent(figures, t, reasons)
+    else:
+        varied = _varied_per_task(figures, t, reasons)
+    functional = _functional(figures, t, reasons)
+    _evidence(figures, t, reasons)
+    if not varied and not functional:
         verdict = "collapsed"
-    elif degraded:
+    elif not varied:
         verdict = "degraded"
-    elif imbalanced:
+    elif not functional:
+        verdict = "inert"
+    elif not trainable:
         verdict = "imbalanced"
     else:
         verdict = "healthy"

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from diagnostics import metrics as M
-from diagnostics.verdict import DEFAULT_THRESHOLDS, THRESHOLD_HELP, VERDICTS, gate_verdict
+from diagnostics.verdict import DEFAULT_THRESHOLDS, THRESHOLD_HELP, VERDICTS, gate_verdict, routing_reason
 
 LN2 = math.log(2.0)
 
@@ -292,6 +292,31 @@ def test_mutual_information_edge_cases():
         M.mutual_information(torch.tensor([0.5]), torch.tensor([1]))
 
 
+def test_mutual_information_test_correction_and_null_hand_computed():
+    # choice = label, N = 4: plug-in ln 2; Miller-Madow adds ((m_c - 1) + (m_y - 1) - (m_cy - 1)) / (2N)
+    # = (1 + 1 - 1) / 8. Under shuffling, the 6 equally likely arrangements of the labels [0,0,1,1]
+    # give MI ln 2 twice ([0,0,1,1], [1,1,0,0]) and 0 four times: null mean ln 2 / 3, p = 1/3.
+    r = M.mutual_information_test([0, 0, 1, 1], [0, 0, 1, 1], permutations=3000, seed=1)
+    assert r["plugin"] == pytest.approx(LN2) and r["miller_madow"] == pytest.approx(LN2 + 1 / 8)
+    assert r["null_mean"] == pytest.approx(LN2 / 3, abs=0.02) and r["null_p95"] == pytest.approx(LN2)
+    assert r["p_value"] == pytest.approx(1 / 3, abs=0.03) and r["excess"] == pytest.approx(2 * LN2 / 3, abs=0.02)
+    assert r["n"] == 4
+    # independent choices of 8 options on 200 inputs read well above 0 (the bias) and so does their
+    # null: the excess is near 0 and the test does not reject
+    g = torch.Generator().manual_seed(0)
+    c, y = torch.randint(8, (200,), generator=g), torch.randint(10, (200,), generator=g)
+    r = M.mutual_information_test(c, y, permutations=300)
+    assert r["plugin"] > 0.1 and abs(r["excess"]) < 0.05 and r["p_value"] > 0.05
+    assert M.mutual_information_test([0, 1], [0, 1], permutations=0)["null_mean"] is None
+    assert M.mutual_information_test([], [])["plugin"] is None
+
+
+def test_choice_top_share():
+    assert M.choice_top_share([3, 3, 1, 2]) == 0.5
+    assert M.choice_top_share(torch.tensor([7])) == 1.0
+    assert M.choice_top_share([]) is None
+
+
 # --------------------------------------------------------------------------- layer slope
 
 
@@ -416,79 +441,138 @@ def test_median_and_tail():
 
 def verdict(**over):
     """A healthy input-dependent mask gate unless overridden."""
-    args = dict(rho_median=0.2, input_std=0.1, saturation=0.1, effective_options=None, delta_acc=3.0,
-                input_dependent=True, thresholds=DEFAULT_THRESHOLDS)
-    args.update(over)
-    return gate_verdict(**args)
+    figures = dict(kind="mask", input_dependent=True, rho_task=0.2, signal_std=0.1, saturation=0.1,
+                   choice_top_share=0.3, kl_reference=0.05, kl_effect=0.05, kl_effect_low=0.03)
+    thresholds = over.pop("thresholds", None)
+    figures.update(over)
+    return gate_verdict(figures, thresholds)
 
 
 def test_thresholds_defaults_and_help():
-    assert DEFAULT_THRESHOLDS == dict(RHO_MIN=0.01, STD_MIN=0.01, SAT_MAX=0.9, EFF_MIN=1.1, DELTA_MIN=0.5,
-                                      WINDOW=0.5, GAP_SEVERE=2.0)
+    assert DEFAULT_THRESHOLDS == dict(RHO_MIN=0.01, STD_MIN=0.01, SAT_MAX=0.9, EFF_MIN=1.1, MOVE_MIN=0.01,
+                                      KL_MIN=1e-3, SENSITIVITY_MIN=0.01, SCHEDULE_GAIN_MIN=1.0,
+                                      PROBE_MARGIN=10.0, MI_P_MAX=0.05, WINDOW=0.5, GAP_SEVERE=2.0)
     assert set(THRESHOLD_HELP) == set(DEFAULT_THRESHOLDS)
+    assert VERDICTS == ("healthy", "imbalanced", "inert", "degraded", "collapsed")
 
 
-def test_verdict_healthy():
+def test_verdict_healthy_needs_trainable_varied_and_functional():
     v, reasons = verdict()
     assert v == "healthy"
-    assert "rho median 0.2 >= RHO_MIN 0.01" in reasons
+    assert "trainable: rho of the task loss 0.2 >= RHO_MIN 0.01" in reasons
+    assert any(r.startswith("functional:") and "lower 95 % bound 0.03 >= KL_MIN" in r for r in reasons)
 
 
-def test_verdict_imbalanced():
-    v, reasons = verdict(rho_median=3.2e-4)
-    assert v == "imbalanced"
-    assert "rho median 3.2e-04 < RHO_MIN 0.01" in reasons
+def test_verdict_inert_when_removing_the_gate_changes_nothing():
+    # lively statistics, but the reproducible KL's lower bound 1e-4 < KL_MIN 1e-3
+    v, reasons = verdict(kl_reference=2e-4, kl_effect=2e-4, kl_effect_low=1e-4)
+    assert v == "inert"
+    assert any(r.startswith("not functional:") for r in reasons)
+    # inert outranks imbalanced: a gate that changes nothing is first of all that
+    assert verdict(rho_task=0.0, kl_effect_low=0.0)[0] == "inert"
+
+
+def test_verdict_imbalanced_reads_the_task_loss_rho():
+    assert verdict(rho_task=1e-4)[0] == "imbalanced"
+    # rho over every loss term (an auxiliary loss's gradient included) is not read when rho_task is there
+    v, reasons = verdict(rho_task=0.0, rho_median=0.5, aux_share=1.0)
+    assert v == "imbalanced" and any("100 % of the gate's gradient norm comes from auxiliary losses" in r
+                                     for r in reasons)
+    # ... and is the fallback when it is not
+    v, reasons = verdict(rho_task=None, rho_median=3.2e-4)
+    assert v == "imbalanced" and "not trainable: rho median (all loss terms) 3.2e-04 < RHO_MIN 0.01" in reasons
 
 
 def test_verdict_no_task_grad_skips_rho():
-    v, reasons = verdict(rho_median=0.0, no_task_grad=True)
+    v, reasons = verdict(rho_task=0.0, no_task_grad_params=["keys"])
     assert v == "healthy"
     assert any("no task-loss gradient by design" in r and "rho not used" in r for r in reasons)
 
 
-def test_verdict_degraded_by_each_rule():
-    # saturation 0.95 > 0.9 but the counterfactual still moves accuracy by 2 points -> degraded
-    assert verdict(saturation=0.95, delta_acc=2.0)[0] == "degraded"
-    # input std 0.001 < 0.01
-    assert verdict(input_std=0.001, delta_acc=-2.0)[0] == "degraded"
+def test_verdict_degraded_and_collapsed_split_by_function():
+    assert verdict(signal_std=0.001)[0] == "degraded"  # functional but not varied
+    assert verdict(signal_std=0.001, kl_effect_low=0.0)[0] == "collapsed"
     # simplex with one effective option
     v, reasons = verdict(kind="simplex", effective_options=1.02)
     assert v == "degraded" and any("EFF_MIN 1.1" in r for r in reasons)
-    # effective options are not a mask gate's test
-    assert verdict(kind="mask", effective_options=1.0)[0] == "healthy"
+    assert verdict(kind="mask", effective_options=1.0)[0] == "healthy"  # not a mask gate's test
 
 
-def test_verdict_collapsed_outranks_imbalanced():
-    # degraded (std 0) and |delta| 0.2 < 0.5 -> collapsed, even though rho is also tiny
-    v, reasons = verdict(rho_median=1e-4, input_std=0.0, delta_acc=-0.2)
+def test_verdict_saturation_is_degradation_only_when_the_choice_does_not_differ():
+    v, reasons = verdict(saturation=1.0, choice_top_share=0.5)  # a hard router
+    assert v == "healthy" and any("a hard router, not degradation" in r for r in reasons)
+    v, reasons = verdict(saturation=1.0, choice_top_share=0.95)  # a fixed switch
+    assert v == "degraded" and any("a fixed switch" in r for r in reasons)
+
+
+def test_verdict_noise_is_judged_on_the_lower_bound():
+    # estimate 0.05 above STD_MIN but its lower bound 0: call-to-call noise, not input dependence
+    v, reasons = verdict(signal_std=0.05, signal_std_low=0.0, repeat_std=0.3, eval_input_std=0.3,
+                         kl_reference=0.01, kl_repeat=0.02, kl_effect=0.0, kl_effect_low=-0.004)
     assert v == "collapsed"
-    assert any("< RHO_MIN" in r for r in reasons)  # the outranked finding is still reported
+    assert any("differently from call to call" in r for r in reasons)
+    assert any("less half the call-to-call KL 0.02" in r for r in reasons)
 
 
-def test_verdict_degraded_without_counterfactual():
-    v, reasons = verdict(saturation=0.99, delta_acc=None)
-    assert v == "degraded"
-    assert any("cannot tell collapsed from degraded" in r for r in reasons)
+def test_verdict_per_task_gates_ask_whether_they_learned():
+    per_task = dict(input_dependent=False, signal_std=None, saturation=None, choice_top_share=None)
+    v, reasons = verdict(**per_task, moved=0.0, kl_reference=0.0, kl_effect=0.0, kl_effect_low=0.0, kl_all_on=0.02)
+    assert v == "collapsed"
+    assert any("per-task gate" in r for r in reasons)
+    assert "replacing it by all-on (the ungated model) changes the predictions by KL 0.02 nats (>= KL_MIN)" in reasons
+    assert verdict(**per_task, moved=0.2)[0] == "healthy"
+    assert verdict(**per_task, moved=0.2, kl_effect_low=0.0)[0] == "inert"
+    v, reasons = verdict(**per_task, moved=None)
+    assert v == "healthy" and any("initial values not recorded" in r for r in reasons)
 
 
-def test_verdict_per_task_gate_input_std_not_applicable():
-    # a per-task gate has input std 0 by construction: not degraded for that
-    v, reasons = verdict(input_std=0.0, input_dependent=False, delta_acc=0.0)
-    assert v == "healthy"
-    assert "per-task gate: input sensitivity not applicable" in reasons
-    # but a saturated per-task gate with no counterfactual effect has collapsed
-    assert verdict(input_std=0.0, input_dependent=False, saturation=1.0, delta_acc=0.0)[0] == "collapsed"
+def test_verdict_the_noise_probe_decides_only_without_a_counterfactual():
+    none = dict(kl_reference=None, kl_effect=None, kl_effect_low=None)
+    assert verdict(**none, sensitivity_max=0.001)[0] == "inert"  # the study's inert line 0.01
+    assert verdict(**none, sensitivity_max=0.5)[0] == "healthy"
+    v, reasons = verdict(**none)
+    assert v == "healthy" and "no counterfactual measured; function not tested" in reasons
+    # a saturated router ignores small noise on its logits: the counterfactual overrules the probe
+    v, reasons = verdict(sensitivity_max=0.001)
+    assert v == "healthy" and any("noise test disagrees" in r for r in reasons)
+
+
+def test_verdict_evidence_schedules_gap_and_accuracy():
+    v, reasons = verdict(schedule_gain=0.5, schedule_best="full_on", magnitude_gap=2.6, reference="constant",
+                         functional={"test": {"constant": dict(n=160, acc_delta=1.25, acc_delta_ci=[-0.6, 3.1],
+                                                               loss_base=0.8, loss_other=0.9, changed_share=0.05,
+                                                               mean_abs_logit_delta=0.2),
+                                              "shuffled_cond": dict(kl=0.04, acc_delta=2.5)}})
+    assert v == "healthy"  # evidence, not a rule
+    assert any(r.startswith("no real adaptation (the study's rule)") and "full_on" in r for r in reasons)
+    assert "log10 gradient gap 2.6 > GAP_SEVERE 2 (the study's severe)" in reasons
+    assert any("accuracy +1.25 points [-0.6, 3.1]" in r and "cross-entropy 0.8 vs 0.9" in r for r in reasons)
+    assert ("fed the conditioning of other images of the batch, the model's predictions change by KL 0.04 nats, "
+            "accuracy -2.50 points") in reasons
 
 
 def test_verdict_thresholds_partial_override_and_unmeasured():
-    # RHO_MIN raised to 0.5: rho 0.2 is now imbalanced; other keys keep their defaults
-    assert verdict(thresholds={"RHO_MIN": 0.5, "UNRELATED": 1})[0] == "imbalanced"
-    v, reasons = verdict(rho_median=None, input_std=float("nan"), saturation=None, delta_acc=None,
-                         thresholds=None)
+    assert verdict(thresholds={"KL_MIN": 0.1, "UNRELATED": 1})[0] == "inert"
+    v, reasons = verdict(rho_task=None, signal_std=None, saturation=None, kl_reference=None, kl_effect=None,
+                         kl_effect_low=None, choice_top_share=None)
     assert v == "healthy" and v in VERDICTS
     assert any("rho not measured" in r for r in reasons)
     with pytest.raises(ValueError, match="kind"):
         verdict(kind="soft")
+
+
+def test_routing_reason_tells_missing_signal_from_ignored_signal():
+    chance = {"accuracy": 52.0, "chance": 50.0, "margin": 2.0}
+    readable = {"accuracy": 100.0, "chance": 50.0, "margin": 50.0}
+    null_mi = {"plugin": 0.01, "null_mean": 0.01, "excess": 0.0, "p_value": 0.6}
+    routed_mi = {"plugin": 0.69, "null_mean": 0.002, "excess": 0.688, "p_value": 0.005}
+    assert routing_reason("domain", chance, None, null_mi).startswith("the domain signal is not there")
+    assert routing_reason("domain", readable, chance, null_mi).startswith(
+        "the domain signal is there but the gate ignores it")
+    assert routing_reason("domain", readable, None, routed_mi).startswith("the gate follows the domain")
+    assert routing_reason("domain", readable, readable, null_mi).startswith(
+        "the gate's output carries some of the domain but its choice does not follow it")
+    assert routing_reason("domain", None, None, None) is None
 
 
 def test_rms_alone_hand_computed_and_equal_to_grad_stats():
@@ -528,3 +612,82 @@ def test_text_drift_hand_computed():
     assert M.text_drift(before, after) == pytest.approx(1 - (1 + 2 ** -0.5) / 2)
     assert M.text_drift(before, before) == pytest.approx(0.0, abs=1e-12)
     assert M.text_drift(None, after) is None
+
+
+# --------------------------------------------------------------------------- functional effect
+
+
+def test_per_example_change_and_summary_hand_computed():
+    # row 0: p_base = (1/2, 1/2), p_other = softmax(0, ln 3) = (1/4, 3/4):
+    #   KL = 1/2 ln(2) + 1/2 ln(2/3) = 1/2 ln(4/3); |delta logits| mean (0 + ln 3) / 2; argmax 0 -> 1;
+    #   loss -ln 1/2 = ln 2 vs -ln 1/4 = ln 4; correct (label 0) then wrong.
+    # row 1: identical logits: KL 0, no change, both correct.
+    base, other = t([[0.0, 0.0], [2.0, 0.0]]), t([[0.0, math.log(3.0)], [2.0, 0.0]])
+    e = M.per_example_change(base, other, [0, 0])
+    assert e["kl"].tolist() == pytest.approx([0.5 * math.log(4 / 3), 0.0], abs=1e-7)
+    assert e["abs_logit_delta"].tolist() == pytest.approx([math.log(3.0) / 2, 0.0], abs=1e-7)
+    assert e["changed"].tolist() == [1.0, 0.0] and e["correct_other"].tolist() == [0.0, 1.0]
+    s = M.summarise_change(M.concat_examples([e]), resamples=1000)
+    assert s["n"] == 2 and s["kl"] == pytest.approx(0.25 * math.log(4 / 3), abs=1e-7)
+    assert s["changed_share"] == 0.5 and s["loss_change"] == pytest.approx(LN2 / 2, abs=1e-6)
+    assert (s["acc_base"], s["acc_other"], s["acc_delta"]) == (100.0, 50.0, 50.0)
+    # resampling the two per-example deltas (100, 0): means 0, 50 or 100; 95 % interval [0, 100]
+    assert s["acc_delta_ci"] == [0.0, 100.0]
+    assert_json_plain(s)
+    assert M.summarise_change(None)["kl"] is None
+    with pytest.raises(ValueError, match="same batch"):
+        M.per_example_change(base, t([[0.0, 1.0]]), [0, 0])
+
+
+def test_bootstrap_mean_ci():
+    assert M.bootstrap_mean_ci([2.0, 2.0, 2.0]) == (2.0, 2.0)
+    low, high = M.bootstrap_mean_ci(torch.arange(100.0), resamples=2000)
+    assert low < 49.5 < high and high - low < 15  # about mean +- 2 * 29 / sqrt(100)
+    assert M.bootstrap_mean_ci([]) == (None, None)
+
+
+def test_input_dependence_removes_call_to_call_noise():
+    # one option, outputs 0 and 1: variance 1/4, std 1/2; deterministic: all of it is signal
+    first = t([[0.0], [1.0]])
+    r = M.input_dependence(first)
+    assert r == {"input_std": 0.5, "repeat_std": 0.0, "signal_std": 0.5, "signal_std_low": None}
+    # a second call answering the opposite: repeat variance mean((1)^2, (1)^2) / 2 = 1/2 > 1/4: no signal
+    r = M.input_dependence(first, t([[1.0], [0.0]]))
+    assert r["repeat_std"] == pytest.approx(math.sqrt(0.5)) and r["signal_std"] == 0.0 and r["signal_std_low"] == 0.0
+    # fresh uniform noise on 500 inputs: std ~ 0.29 across inputs, about as much between calls; the
+    # lower end of a 95 % interval reads above STD_MIN for about 1 noise gate in 40 (one-sided 2.5 %)
+    g = torch.Generator().manual_seed(0)
+    runs = [M.input_dependence(torch.rand(500, 3, generator=g), torch.rand(500, 3, generator=g)) for _ in range(40)]
+    assert all(r["input_std"] > 0.25 and r["repeat_std"] > 0.25 for r in runs)
+    assert sum(r["signal_std_low"] >= 0.01 for r in runs) <= 4
+    # a deterministic part of std 0.2 under noise of std 0.1 is found
+    x = torch.rand(500, 3, generator=g) * 0.2 * 12 ** 0.5
+    r = M.input_dependence(x + 0.1 * torch.randn(500, 3, generator=g), x + 0.1 * torch.randn(500, 3, generator=g))
+    assert r["signal_std"] == pytest.approx(0.2, abs=0.02) and r["signal_std_low"] > 0.15
+    assert M.input_dependence(torch.zeros(0, 2))["input_std"] is None
+
+
+def test_functional_effect_subtracts_half_the_repeat_kl():
+    assert M.functional_effect([0.2, 0.4])["effect"] == pytest.approx(0.3)
+    r = M.functional_effect([0.2, 0.4], [0.2, 0.2])  # per input 0.2 - 0.1, 0.4 - 0.1
+    assert r["effect"] == pytest.approx(0.2) and 0.1 - 1e-12 <= r["effect_low"] <= r["effect_high"] <= 0.3 + 1e-12
+    assert M.functional_effect([])["effect"] is None
+
+
+def test_linear_probe_held_out_accuracy_and_chance():
+    # separable at 0 in one dimension; the training set's commonest label (a tie: the first, 0) is a
+    # third of the test labels
+    r = M.linear_probe(t([[-2.0], [-1.0], [1.0], [2.0]]), [0, 0, 1, 1], t([[-3.0], [3.0], [0.5]]), [0, 1, 1])
+    assert r["accuracy"] == 100.0 and r["train_accuracy"] == 100.0
+    assert r["chance"] == pytest.approx(100 / 3) and r["margin"] == pytest.approx(200 / 3)
+    assert (r["classes"], r["n_train"], r["n_test"]) == (2, 4, 3)
+    # a test label never seen in training counts as an error
+    assert M.linear_probe(t([[-1.0], [1.0]]), [0, 1], t([[-1.0], [1.0]]), [0, 2])["accuracy"] == 50.0
+    # features that carry nothing: the probe cannot beat chance on held-out data by much
+    g = torch.Generator().manual_seed(0)
+    noise = M.linear_probe(torch.randn(200, 5, generator=g), torch.randint(2, (200,), generator=g),
+                           torch.randn(200, 5, generator=g), torch.randint(2, (200,), generator=g))
+    assert noise["margin"] < 10.0
+    assert M.linear_probe(t([[0.0], [1.0]]), [3, 3], t([[0.0]]), [3]) is None  # one label: nothing to tell apart
+    with pytest.raises(ValueError, match="features"):
+        M.linear_probe(t([[0.0], [1.0]]), [0], t([[0.0]]), [0])

@@ -128,9 +128,48 @@ def plugins_main(argv=None):
     return 0
 
 
+def diagnose_main(argv=None):
+    """`gatescope diagnose RUN_DIR [--set KEY VALUE ...]`: a finished run's gate verdicts recomputed
+    from its diagnostics/summary.json with other thresholds, with the reasons."""
+    from diagnostics.report import load_run_summary, rediagnose
+    from diagnostics.verdict import DEFAULT_THRESHOLDS, THRESHOLD_HELP
+
+    parser = argparse.ArgumentParser(
+        prog="gatescope diagnose", description=diagnose_main.__doc__,
+        epilog="thresholds: " + "; ".join(f"{k} (default {v:g}): {THRESHOLD_HELP[k]}"
+                                          for k, v in DEFAULT_THRESHOLDS.items()))
+    parser.add_argument("run_dir", help="a run's --output-dir (or its diagnostics/ folder, or a summary.json)")
+    parser.add_argument("--set", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
+                        help="override a threshold, e.g. --set KL_MIN 0.01 (repeatable)")
+    args = parser.parse_args(argv)
+    overrides = {}
+    for key, value in args.set:
+        key = key.upper().removeprefix("DIAGNOSTICS.")
+        if key not in DEFAULT_THRESHOLDS or key == "WINDOW":
+            parser.error(f"cannot set {key!r}: choose one of {', '.join(k for k in DEFAULT_THRESHOLDS if k != 'WINDOW')} "
+                         "(WINDOW is applied when a run is made; summary.json holds its medians)")
+        try:
+            overrides[key] = float(value)
+        except ValueError:
+            parser.error(f"--set {key} needs a number, got {value!r}")
+    try:
+        path, summary = load_run_summary(args.run_dir)
+    except (OSError, ValueError) as e:
+        print(f"gatescope diagnose: {e}", file=sys.stderr)
+        return 2
+    print(f"{path}" + (f" with {', '.join(f'{k}={v:g}' for k, v in overrides.items())}" if overrides else ""))
+    for name, (old, new, reasons) in rediagnose(summary, overrides).items():
+        change = f" (was {old})" if old and old != new else ""
+        print(f"gate '{name}': {new}{change}")
+        for reason in reasons:
+            print(f"  - {reason}")
+    return 0
+
+
 COMMANDS = {
     "train": "train or evaluate a model (the flags of CoOp's train.py)",
     "plugins": "list installed plugins, the gates and trainers they provide",
+    "diagnose": "recompute a finished run's gate verdicts with other thresholds (--set KEY VALUE), with reasons",
     "summarize": "tables of a folder of runs: mean ± std over seeds, base / new / HM, gate verdicts",
     "sweep": "run a study grid (GRID.yaml) on Ray, skipping finished runs",
     "study": "the controlled benchmark: when does gating work? (runs the grid, prints its tables)",
@@ -150,6 +189,8 @@ def main(argv=None):
         return 0
     if command == "plugins":
         return plugins_main(rest)
+    if command == "diagnose":
+        return diagnose_main(rest)
     if command == "summarize":
         from trainers.tools.summarize import summarize_main
         return summarize_main(rest)
