@@ -13,7 +13,7 @@ import torch
 from gates.contract import apply_test_mode
 
 from . import metrics, probes, report
-from .verdict import DEFAULT_THRESHOLDS, gate_verdict
+from .verdict import DEFAULT_THRESHOLDS, decisions_changed, gate_verdict
 
 MAX_OPTIONS_LISTED = 64  # per-option lists are kept in the step records up to this many options
 OUTPUT_SAMPLE_PER_EPOCH = 4096  # gate values kept per gate and epoch for the distribution plot
@@ -492,6 +492,7 @@ class RunDiagnostics:
             # Evaluation figures (the last evaluation): function, input dependence, task gradient.
             gate.update(last_eval["gates"].get(name, {}))
             gate.update(self.probe_figures(name))
+            gate["decisions_changed"] = decisions_changed(gate)[0]
             gate["verdict"], gate["reasons"] = gate_verdict(gate, th)
             gates[name] = gate
         underflow = [u for u in (s.get("fp16_underflow", {}).get("underflow") for s in window) if u is not None]

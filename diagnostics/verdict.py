@@ -31,11 +31,17 @@ Three questions (t = the thresholds, DEFAULT_THRESHOLDS for those not given):
               the noise alone adds to kl_reference). When no counterfactual was measured,
               the study's noise test decides: sensitivity_max >= SENSITIVITY_MIN. The interval makes
               the test mean the same on a small test set as on a large one.
+              And decisions_changed >= FLIP_MIN: the share of inputs whose predicted class changes
+              when the gate is replaced by its reference, pooled over the evaluation and training
+              sets (n-weighted), less the share that changes between two calls of the learned gate
+              (noise). A gate that moves the probabilities but no decision (a constant gate predicts
+              the same classes) changes nothing a classifier is judged on: the study's criterion is
+              a gain over fixed prompts, i.e. decisions. Not tested when not measured.
 
   order  verdict     rule (the first that holds)
   1      collapsed   not varied and not functional: a constant in all but name
   2      degraded    not varied (but functional): the output does not follow the input / did not learn
-  3      inert       not functional: its statistics look alive, removing it changes nothing
+  3      inert       not functional: its statistics look alive, removing it changes no decision
   4      imbalanced  not trainable: it works, but its task gradient is too small to train it
   5      healthy     trainable, varied and functional
 
@@ -64,6 +70,7 @@ DEFAULT_THRESHOLDS = dict(
     EFF_MIN=1.1,            # not varied below (simplex): effective number of options exp(H(mean usage))
     MOVE_MIN=0.01,          # not varied below (per-task gates): max |value now - value at init|
     KL_MIN=1e-3,            # not functional below: reproducible KL(learned || reference) in nats
+    FLIP_MIN=0.01,          # not functional below: share of predicted classes the reference changes
     SENSITIVITY_MIN=0.01,   # the study's inert line: max mean |delta logits| under noise on the gate logits
     SCHEDULE_GAIN_MIN=1.0,  # the study's 1-2 %: learned minus best fixed / random schedule, points
     PROBE_MARGIN=10.0,      # the conditioning carries a label when a linear probe beats chance by this (points)
@@ -82,6 +89,9 @@ THRESHOLD_HELP = {
     "MOVE_MIN": "not varied when a per-task gate's values moved less than this from their initialisation",
     "KL_MIN": "not functional when replacing the gate by its reference (training mean; per-task: initial values) "
               "changes the predictions by a reproducible mean KL below this (nats)",
+    "FLIP_MIN": "not functional when replacing the gate by its reference changes the predicted class of fewer "
+                "than this share of the inputs (evaluation and training sets pooled, call-to-call changes "
+                "removed): it moves probabilities but no decision",
     "SENSITIVITY_MIN": "the study's noise test, used when no counterfactual was measured: not functional when "
                        "noise on the gate logits moves the class logits by a mean |delta| below this",
     "SCHEDULE_GAIN_MIN": "evidence: no real adaptation when the learned gate beats the best fixed schedule or "
@@ -235,12 +245,46 @@ def _functional(f, t, reasons):
     else:
         reasons.append(f"functional: replacing the gate by {reference} {detail} >= KL_MIN {_fmt(t['KL_MIN'])} nats")
         functional = True
+        share, n = decisions_changed(f)
+        if share is None:
+            reasons.append("share of changed predictions not measured; decisions not tested")
+        elif share < t["FLIP_MIN"]:
+            functional = False
+            reasons[-1] = "probabilities move: " + reasons[-1][len("functional: "):]
+            reasons.append(f"not functional: replacing the gate by {reference} changes the predicted class of "
+                           f"{_fmt(100 * share)} % of {n} inputs (evaluation and training sets) < FLIP_MIN "
+                           f"{_fmt(100 * t['FLIP_MIN'])} %: it moves probabilities but no decision")
+        else:
+            reasons.append(f"functional: replacing the gate by {reference} changes the predicted class of "
+                           f"{_fmt(100 * share)} % of {n} inputs >= FLIP_MIN {_fmt(100 * t['FLIP_MIN'])} %")
     if sens is not None:
         agree = (sens >= t["SENSITIVITY_MIN"]) == functional
         reasons.append(f"the study's noise test {'agrees' if agree else 'disagrees'}: noise on the gate logits moves "
                        f"the class logits by {_fmt(sens)} ({'>=' if sens >= t['SENSITIVITY_MIN'] else '<'} "
                        f"{_fmt(t['SENSITIVITY_MIN'])}){'' if agree else '; it probes the gate locally (a saturated router ignores small noise), the counterfactual decides'}")
     return functional
+
+
+def decisions_changed(figures):
+    """(share, n): the share of inputs whose predicted class changes when the gate is replaced by
+    its reference, pooled (n-weighted) over the evaluation and training sets, less the share that
+    changes between two calls of the learned gate on the evaluation set (a gate with noise at
+    evaluation); (None, 0) when not measured. Read from figures["functional"][set][reference]
+    ["changed_share", "n"] and figures["functional"]["test"]["repeat"]["changed_share"]."""
+    reference = figures.get("reference") or "constant"
+    changed, n = 0.0, 0
+    for split in ("test", "train"):
+        entry = _get(figures, "functional", split, reference)
+        share = _measured(entry.get("changed_share")) if isinstance(entry, dict) else None
+        count = entry.get("n") if isinstance(entry, dict) else None
+        if share is None or not count:
+            continue
+        changed += share * count
+        n += int(count)
+    if not n:
+        return None, 0
+    noise = _measured(_get(figures, "functional", "test", "repeat", "changed_share")) or 0.0
+    return max(0.0, changed / n - noise), n
 
 
 def _evidence(f, t, reasons):
@@ -333,8 +377,9 @@ def gate_verdict(figures, thresholds=None):
     figures: the gate's entry of summary.json (a dict; keys read: kind, input_dependent,
     no_task_grad_params, rho_task, rho_median, aux_share, signal_std, input_std, eval_input_std,
     repeat_std, saturation, choice_top_share, effective_options, moved, reference, kl_reference,
-    kl_repeat, sensitivity_max, and as evidence magnitude_gap, kl_all_on, kl_schedules, schedule_gain,
-    schedule_best, functional, linear_probe, mi). thresholds: a dict or the cfg.DIAGNOSTICS node
+    kl_repeat, sensitivity_max, functional (its changed_share and n per set: decisions_changed), and
+    as evidence magnitude_gap, kl_all_on, kl_schedules, schedule_gain, schedule_best, linear_probe,
+    mi). thresholds: a dict or the cfg.DIAGNOSTICS node
     (missing keys take DEFAULT_THRESHOLDS). The rules are in this module's docstring.
     Raises ValueError for a kind other than mask or simplex.
     """

@@ -450,7 +450,7 @@ def verdict(**over):
 
 def test_thresholds_defaults_and_help():
     assert DEFAULT_THRESHOLDS == dict(RHO_MIN=0.01, STD_MIN=0.01, SAT_MAX=0.9, EFF_MIN=1.1, MOVE_MIN=0.01,
-                                      KL_MIN=1e-3, SENSITIVITY_MIN=0.01, SCHEDULE_GAIN_MIN=1.0,
+                                      KL_MIN=1e-3, FLIP_MIN=0.01, SENSITIVITY_MIN=0.01, SCHEDULE_GAIN_MIN=1.0,
                                       PROBE_MARGIN=10.0, MI_P_MAX=0.05, WINDOW=0.5, GAP_SEVERE=2.0)
     assert set(THRESHOLD_HELP) == set(DEFAULT_THRESHOLDS)
     assert VERDICTS == ("healthy", "imbalanced", "inert", "degraded", "collapsed")
@@ -470,6 +470,47 @@ def test_verdict_inert_when_removing_the_gate_changes_nothing():
     assert any(r.startswith("not functional:") for r in reasons)
     # inert outranks imbalanced: a gate that changes nothing is first of all that
     assert verdict(rho_task=0.0, kl_effect_low=0.0)[0] == "inert"
+
+
+def _changes(test_share, train_share=None, n_test=160, n_train=160, repeat_share=None):
+    functional = {"test": {"constant": {"n": n_test, "changed_share": test_share}}}
+    if train_share is not None:
+        functional["train"] = {"constant": {"n": n_train, "changed_share": train_share}}
+    if repeat_share is not None:
+        functional["test"]["repeat"] = {"n": n_test, "changed_share": repeat_share}
+    return functional
+
+
+def test_decisions_changed_pools_the_sets_by_size_and_removes_call_to_call_flips():
+    from diagnostics.verdict import decisions_changed
+
+    # 1 of 160 test and 4 of 160 training predictions change: 5 / 320
+    assert decisions_changed({"functional": _changes(1 / 160, 4 / 160)}) == (pytest.approx(5 / 320), 320)
+    # unequal sizes weigh by n: (0.1 * 100 + 0.0 * 300) / 400
+    assert decisions_changed({"functional": _changes(0.1, 0.0, n_test=100, n_train=300)})[0] == pytest.approx(0.025)
+    # a noisy gate: 2 % change between two calls of the learned gate is noise, not function
+    assert decisions_changed({"functional": _changes(0.05, repeat_share=0.02)})[0] == pytest.approx(0.03)
+    assert decisions_changed({"functional": _changes(0.01, repeat_share=0.02)})[0] == 0.0
+    assert decisions_changed({}) == (None, 0)
+
+
+def test_verdict_inert_when_probabilities_move_but_no_decision_does():
+    # the docs/study.md case: a soft pool gate whose input dependence lowers the loss (KL well above
+    # KL_MIN) while a constant mixture predicts the same class for every test and training image
+    v, reasons = verdict(functional=_changes(0.0, 0.0))
+    assert v == "inert"
+    assert any(r.startswith("probabilities move:") and ">= KL_MIN" in r for r in reasons)
+    assert any(r.startswith("not functional:") and "0 % of 320 inputs" in r and "< FLIP_MIN 1 %" in r
+               for r in reasons)
+    # 1 test + 4 training flips of 320 (1.56 %) is a decision-level effect
+    v, reasons = verdict(functional=_changes(1 / 160, 4 / 160))
+    assert v == "healthy"
+    assert any(r.startswith("functional:") and "1.56 % of 320 inputs >= FLIP_MIN 1 %" in r for r in reasons)
+    # the threshold is a setting
+    assert verdict(functional=_changes(1 / 160, 4 / 160), thresholds={"FLIP_MIN": 0.02})[0] == "inert"
+    # not measured: the KL decides, and a reason says decisions were not tested
+    v, reasons = verdict()
+    assert v == "healthy" and "share of changed predictions not measured; decisions not tested" in reasons
 
 
 def test_verdict_imbalanced_reads_the_task_loss_rho():

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 import constructed_gates
 from conftest import demo_args
-from gates.manager import GateEntry, get_plugins
+from gates.manager import GateEntry
+from trainers.plugins import get_plugins
 
 FAST = ("OPTIM.MAX_EPOCH", 2, "DATASET.NUM_SHOTS", 4)
 PLUGIN = "constructed-gates"

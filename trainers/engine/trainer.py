@@ -491,10 +491,12 @@ class SimpleTrainer(TrainerBase):
         if meet_checkpoint_freq or last_epoch:
             self.save_model(self.epoch, self.output_dir)
 
-    @torch.no_grad()
     def test(self, split=None):
         """Evaluate on `split` (TEST.SPLIT by default; "val" without a val loader means "test") and
-        return the evaluator's results dict ({"accuracy": %, ...}; Dassl returns its first value)."""
+        return the evaluator's results dict ({"accuracy": %, ...}; Dassl returns its first value).
+
+        Only the evaluation loop runs without autograd: the after_test hooks run with it as
+        elsewhere (a plugin may measure gradients there, as the diagnostics' task-loss rho does)."""
         self.set_model_mode("eval")
         self.evaluator.reset()
         if split is None:
@@ -505,12 +507,13 @@ class SimpleTrainer(TrainerBase):
             split = "test"
             data_loader = self.test_loader
         print(f"Evaluate on the *{split}* set")
-        for batch in tqdm(data_loader, disable=not self.cfg.VERBOSE):
-            input, label = self.parse_batch_test(batch)
-            output = self.model_inference(input)
-            self.evaluator.process(output, label)
-            kill_point("evaluation")
-        results = self.evaluator.evaluate()
+        with torch.no_grad():
+            for batch in tqdm(data_loader, disable=not self.cfg.VERBOSE):
+                input, label = self.parse_batch_test(batch)
+                output = self.model_inference(input)
+                self.evaluator.process(output, label)
+                kill_point("evaluation")
+            results = self.evaluator.evaluate()
         for k, v in results.items():
             self.write_scalar(f"{split}/{k}", v, self.epoch)
         self.after_test(split, results)
