@@ -45,7 +45,9 @@ between redoes the epoch). A hook that raises stops the run with a PluginError n
 and its distribution.
 
 gate_output is also called during every evaluation, with phase "test" (the diagnostics' probes
-silence it). An evaluation-only run (train.py --eval-only) calls only after_test. Hooks
+silence it), and gatescope_gate_losses whenever a plugin evaluates the training objective outside
+the step through `context.compute_losses` (the diagnostics' task-gradient and loss-competition
+probes, from their after_test / after_epoch). An evaluation-only run (train.py --eval-only) calls only after_test. Hooks
 observe: a plugin that only listens must not change a number of the run (the diagnostics are
 tested for that).
 """

@@ -20,7 +20,8 @@ from trainers.plugins import load_plugins
 # test, every epoch checkpointed; the diagnostics' probes off (speed; they are tested elsewhere).
 OPTS = ("DATASET.NUM_SHOTS", 2, "DATALOADER.TRAIN_X.BATCH_SIZE", 8, "OPTIM.MAX_EPOCH", 2,
         "TEST.FINAL_MODEL", "best_val", "TRAIN.CHECKPOINT_FREQ", 1, "DIAGNOSTICS.PLOTS", False,
-        "DIAGNOSTICS.COUNTERFACTUAL", False, "DIAGNOSTICS.INPUT_TESTS", False, "DIAGNOSTICS.EMBEDDING", False)
+        "DIAGNOSTICS.COUNTERFACTUAL", False, "DIAGNOSTICS.INPUT_TESTS", False, "DIAGNOSTICS.EMBEDDING", False,
+        "DIAGNOSTICS.GRAD_BATCHES", 0)
 LIFECYCLE = ("load_state_dict", "before_train", "before_epoch", "gate_output", "gatescope_gate_losses",
              "after_backward", "after_step", "after_test", "after_epoch", "state_dict", "on_abort", "after_train")
 
