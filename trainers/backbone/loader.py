@@ -29,15 +29,14 @@ import difflib
 import json
 import logging
 import os
+import sys
 import warnings
 import zipfile
 from pathlib import Path
 
 import torch
 
-import open_clip
-from open_clip.model import CLIP
-
+from ..lazy_import import LazyModule
 from .demo_weights import DEMO_WEIGHTS_TAG, ensure_demo_weights
 
 logger = logging.getLogger(__name__)
@@ -70,14 +69,18 @@ QUICKGELU_SUFFIX = "-quickgelu"
 OPENAI_STATE_DICT_EXTRAS = ("input_resolution", "context_length", "vocab_size")
 
 
-def _register_model_configs():
+def _register_model_configs(open_clip):
     # add_model_config appends to a global search path and rescans it; do it once per process
     # even if this module is reloaded.
     if TINY_MODEL_NAME not in open_clip.list_models():
         open_clip.add_model_config(MODEL_CONFIG_DIR)
 
 
-_register_model_configs()
+# Imported (and given gatescope's model configs) when a backbone is first resolved or built: a
+# config check that fails on a typo does not wait seconds for open_clip and timm (lazy_import.py).
+open_clip = LazyModule("open_clip", after_import=_register_model_configs)
+if "open_clip" in sys.modules:  # already imported by someone else: register now, at no cost
+    open_clip._load()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -450,7 +453,7 @@ def load_clip(name, pretrained, device="cpu"):
         _check_plain_clip(arch, open_clip.get_model_config(arch))
         model = _load_named(name, arch, pretrained)
 
-    if not isinstance(model, CLIP):
+    if not isinstance(model, open_clip.model.CLIP):
         raise ValueError(f"'{name}' built a {type(model).__name__}, expected open_clip.model.CLIP.")
     model = model.float().to(device).eval()
     for parameter in model.parameters():

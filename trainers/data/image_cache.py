@@ -19,7 +19,7 @@ the worker (one epoch, unless the loader keeps persistent workers).
 """
 import os
 
-import torchvision.transforms as T
+from .transforms import T  # torchvision.transforms, imported at first use
 
 DEFAULT_IMAGE_CACHE_MB = 1024
 
