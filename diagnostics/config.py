@@ -1,6 +1,8 @@
 """The `DIAGNOSTICS` config node (added through the plugin's gatescope_add_config hook)."""
 from yacs.config import CfgNode as CN
 
+from gates.config_spec import above, at_least, between, declare, each
+
 from .verdict import DEFAULT_THRESHOLDS
 
 
@@ -25,4 +27,9 @@ def add_diagnostics_config(cfg):
     d.PROBE_BATCHES = 4  # test batches used by the per-epoch probes (0: the whole test set)
     d.NOISE_SIGMAS = [0.1, 0.5, 1.0]  # Gaussian noise on gate logits (the study's sensitivity test)
     d.PLOTS = True  # grad_norms.png and gate_outputs.png
+    declare(d, LOG_EVERY=at_least(1), EPS=between(0, 0.5, lo_open=True), RHO_MIN=at_least(0), STD_MIN=at_least(0),
+            SAT_MAX=between(0, 1), EFF_MIN=at_least(1, "exp(entropy) of one option"), DELTA_MIN=at_least(0),
+            WINDOW=between(0, 1, lo_open=True), GAP_SEVERE=at_least(0),
+            PROBE_EPOCHS=each(at_least(1, "1-based epoch numbers")), PROBE_BATCHES=at_least(0, "0: the whole test set"),
+            NOISE_SIGMAS=each(above(0)))
     return cfg

@@ -15,11 +15,14 @@ import torch
 import torch.nn as nn
 from yacs.config import CfgNode as CN
 
+from gates.config_spec import above, at_least, between, declare, one_of, unchecked
+
 from .bidir_maple import BiDirMaPLe, BiDirMaPLePromptLearner
 from .deep_prompting import DeepPromptCLIP
 from .engine import TRAINER_REGISTRY
 from .gating import GatedTrainer
 from .maple import MaPLe, MaPLePromptLearner
+from .prompt_trainer import PRECISIONS
 
 TYPES = ("full", "length_only", "depth_only")
 
@@ -34,6 +37,9 @@ def add_adaptive_keys(node):
     node.TYPE = "full"  # full, length_only, depth_only
     node.FIXED_N_CTX = 4  # context length when the length is not gated (depth_only)
     node.FIXED_PROMPT_DEPTH = 6  # prompt depth when the depth is not gated (length_only)
+    declare(node, N_CTX_MAX=at_least(1), CTX_INIT=unchecked("words of the initial context"), PREC=one_of(*PRECISIONS),
+            PROMPT_DEPTH_MAX=at_least(1), LAMBDA_SPARSITY=at_least(0), LAMBDA_DEPTH_SMOOTH=at_least(0),
+            TYPE=one_of(*TYPES), FIXED_N_CTX=at_least(1), FIXED_PROMPT_DEPTH=at_least(1))
 
 
 class AdaptiveGates:
@@ -150,6 +156,8 @@ class AdaptiveBiDirMaPLe(AdaptiveTrainer, BiDirMaPLe):
         node.USE_EMA = False
         node.EMA_DECAY = 0.999
         node.EMA_START_EPOCH = 5
+        declare(node, CYCLE_LOSS_WEIGHT=at_least(0), CYCLE_WARMUP_EPOCHS=at_least(0),
+                MAPPING_HIDDEN_DIM_RATIO=above(0), EMA_DECAY=between(0, 1), EMA_START_EPOCH=at_least(0))
 
     def build_custom_clip(self, cfg, classnames, backbone):
         _ = self.gate_cond

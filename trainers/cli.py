@@ -73,8 +73,16 @@ def run_training(args):
 
 
 def train_main(argv=None, prog="train.py"):
-    args = build_train_parser(prog).parse_args(argv)
-    run_training(args)
+    """train.py: a config that cannot work (a typo, a value out of range, a missing file) ends with
+    one "error:" message and exit status 2, as argparse reports a bad flag, not a traceback."""
+    from gates.config_spec import ConfigError
+
+    parser = build_train_parser(prog)
+    args = parser.parse_args(argv)
+    try:
+        run_training(args)
+    except ConfigError as e:
+        parser.exit(2, f"{prog}: error: {e}\n")
 
 
 def plugins_main(argv=None):

@@ -30,6 +30,8 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset
 from yacs.config import CfgNode as CN
 
+from gates.config_spec import at_least, declare, unchecked
+
 from .engine.utils import atomic_write_bytes
 from .lazy_import import LazyModule
 
@@ -49,6 +51,7 @@ def add_feature_cache_config(cfg):
     c.ENABLED = True  # use cached frozen image features where that is exact
     c.VIEWS = 0  # A > 0: a stored bank of A augmented views per training image (not exact: opt-in)
     c.DIR = ""  # where cache files live; "" = $GATESCOPE_CACHE/features (~/.cache/gatescope/features)
+    declare(c, VIEWS=at_least(0, "0: no bank of augmented views"), DIR=unchecked("created when missing"))
     return cfg
 
 

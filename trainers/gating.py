@@ -8,6 +8,7 @@ prompt learner that calls `self.gate(cond)`. It declares `TARGETS` ({target: gat
 import torch
 import torch.nn as nn
 
+from gates.config_spec import check_choice
 from gates.contract import GateError, apply_test_mode, check_gate_output
 
 from .prompt_trainer import check_param_groups
@@ -103,6 +104,15 @@ class GatedTrainer:
     DEFAULT_GATE = "mlp"
     DEFAULT_TARGET = None
     DEFAULT_COND = "image_feature"
+
+    @classmethod
+    def config_problems(cls, cfg):
+        """(key, message) for a GATE.TARGET or GATE.COND this trainer does not have, with the closest
+        one; setup_cfg runs this with the config check, before anything is built."""
+        yield check_choice("GATE.TARGET", cfg.GATE.TARGET or cls.DEFAULT_TARGET, tuple(cls.TARGETS),
+                           f" (the targets of {cls.__name__})")
+        yield check_choice("GATE.COND", cfg.GATE.COND or cls.DEFAULT_COND, tuple(cls.CONDS),
+                           f" (the conditioning signals of {cls.__name__})")
 
     @property
     def gate_name(self):

@@ -20,6 +20,7 @@ from yacs.config import CfgNode as CN
 import torch
 import torch.nn.functional as F
 
+from ..config_spec import at_least, declare, declare_rule, one_of
 from .common import tell_if_no_gate, training_outputs
 
 DIRECTIONS = {"sharpen": 1.0, "flatten": -1.0}  # sign of w * H in the loss
@@ -30,16 +31,17 @@ def add_config(remedy_cfg):
     remedy_cfg.ENTROPY = CN()
     remedy_cfg.ENTROPY.WEIGHT = 0.0  # w >= 0; 0 = off
     remedy_cfg.ENTROPY.DIRECTION = ""  # sharpen (towards 0/1, one-hot) | flatten (towards 0.5, uniform)
+    declare(remedy_cfg.ENTROPY, WEIGHT=at_least(0, "the sign is DIRECTION"), DIRECTION=one_of("", *DIRECTIONS))
+    declare_rule(remedy_cfg.ENTROPY, direction_is_set)
 
 
-def check(trainer, cfg):
-    node = cfg.ENTROPY
-    if node.WEIGHT < 0:
-        raise ValueError(f"REMEDY.ENTROPY.WEIGHT must be >= 0 (the sign is DIRECTION), got {node.WEIGHT}")
+def direction_is_set(cfg):
+    node = cfg.REMEDY.ENTROPY
     if node.WEIGHT > 0 and node.DIRECTION not in DIRECTIONS:
-        raise ValueError(f"REMEDY.ENTROPY.DIRECTION must be set to one of {tuple(DIRECTIONS)} when "
-                         f"REMEDY.ENTROPY.WEIGHT > 0 (got {node.DIRECTION!r}): sharpen pushes gates towards "
-                         "0/1 (one-hot), flatten towards 0.5 (uniform)")
+        return "REMEDY.ENTROPY.DIRECTION", (
+            f"REMEDY.ENTROPY.DIRECTION must be set to one of {tuple(DIRECTIONS)} when REMEDY.ENTROPY.WEIGHT > 0: "
+            "sharpen pushes gates towards 0/1 (one-hot), flatten towards 0.5 (uniform)")
+    return None
 
 
 def mean_entropy(output, kind, logits=None, activation=None):

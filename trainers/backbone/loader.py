@@ -459,3 +459,52 @@ def load_clip(name, pretrained, device="cpu"):
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks made when the config is assembled (before anything is built)
+# ---------------------------------------------------------------------------------------------
+
+def backbone_name_problem(name):
+    """What is wrong with MODEL.BACKBONE.NAME `name` (with the closest names), or None.
+
+    CoOp's names, gatescope's configs and `local-dir:` folders are checked without importing
+    open_clip, so a config check stays fast; any other name is looked up in open_clip.
+    """
+    name = str(name).strip()
+    if not name:
+        return (f"no backbone is named: set it (or --backbone) to one of CoOp's names "
+                f"({', '.join(COOP_BACKBONE_NAMES)}), '{TINY_MODEL_NAME}', or an open_clip architecture")
+    if name in COOP_BACKBONE_NAMES or (MODEL_CONFIG_DIR / f"{name}.json").is_file():
+        return None
+    if name.startswith(LOCAL_DIR_PREFIX):
+        folder = name[len(LOCAL_DIR_PREFIX):]
+        return None if os.path.isdir(os.path.expanduser(folder)) else f"the folder '{folder}' does not exist"
+    try:
+        resolve_backbone_name(name)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def pretrained_problem(pretrained):
+    """What is wrong with MODEL.BACKBONE.PRETRAINED, or None: a checkpoint path or `local-dir:`
+    folder that does not exist (with the closest existing path). Tags are checked when the
+    weights load (open_clip knows them)."""
+    from gates.config_spec import closest_path
+
+    from . import pretrained_from_cfg
+
+    value = pretrained_from_cfg(pretrained).strip()
+    if value.startswith(LOCAL_DIR_PREFIX):
+        folder = value[len(LOCAL_DIR_PREFIX):]
+        missing, kind, path = not os.path.isdir(os.path.expanduser(folder)), "folder", folder
+    else:
+        path = os.path.expanduser(value)
+        missing, kind = _looks_like_path(value) and not os.path.isfile(path), "checkpoint file"
+    if not missing:
+        return None
+    close = closest_path(path)
+    hint = f'; did you mean "{close}"?' if close else ""
+    return (f'the {kind} "{path}" does not exist{hint} (give a checkpoint file, an open_clip tag such as '
+            "'openai', or '' for random weights)")
