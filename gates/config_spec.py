@@ -30,7 +30,7 @@ finite (`1e999` parses to inf). Third-party plugins declare their keys the same 
 lists every built-in key without a declaration (booleans need none, yacs' type check is all
 there is to them) and fails on any, so a key added later arrives declared.
 
-This module needs only the standard library and yacs (importable before torch).
+This module imports only the standard library (a config can be checked without torch's help).
 """
 import difflib
 import math
