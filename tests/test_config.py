@@ -75,3 +75,16 @@ def test_no_backbone_is_an_error_saying_what_to_name(tmp_path):
     args = build_train_parser().parse_args(["--trainer", "CoOp"])
     with pytest.raises(ValueError, match=r"MODEL.BACKBONE.NAME: no backbone is named: .*ViT-B/16.*gatescope-tiny"):
         setup_cfg(args)
+
+
+def test_the_study_keys_rewriting_a_gate_key_the_user_set_is_reported(capsys):
+    args = build_train_parser().parse_args([
+        "--trainer", "CoOp", "--backbone", "RN50", "TRAINER.COOP.USE_GATE", "True", "GATE.LR_MULT", "5.0"])
+    cfg = setup_cfg(args)
+    assert cfg.TRAINER.NAME == "CoOpGated" and cfg.GATE.LR_MULT == 1.0  # TRAINER.COOP.GATE_LR_MUL wins
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Note:")]
+    assert lines == [
+        "Note: TRAINER.NAME = 'CoOpGated' from the study's gate keys (trainers/study_keys.py) overrides 'CoOp' "
+        "from the command-line flag --trainer",
+        "Note: GATE.LR_MULT = 1.0 from the study's gate keys (trainers/study_keys.py) overrides 5.0 from the "
+        "command-line options"]

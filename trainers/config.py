@@ -156,10 +156,10 @@ def setup_cfg(args):
     sources.record_flags(cfg, lambda c: reset_cfg(c, args))
     cfg.CONFIG_FILE = args.config_file or ""
     sources.check_and_record_options(cfg, args.opts or [], merge_from_list)
+    resolve_dataset(cfg)  # no dataset named: the demo dataset
+    sources.record_changes(cfg, resolve_cfg, "the study's gate keys (trainers/study_keys.py)")
     for line in sources.overrides():
         print(line)
-    resolve_dataset(cfg)  # no dataset named: the demo dataset
-    resolve_cfg(cfg)
     validate(cfg, sources.as_mapping(), trainer_config_problems(cfg))
     cfg.freeze()
     return cfg

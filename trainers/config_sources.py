@@ -89,14 +89,18 @@ class ConfigSources:
         for key in keys:
             self._record(key, source, _value(cfg, key))
 
-    def record_flags(self, cfg, apply):
-        """`apply(cfg)` sets keys from command-line flags; each key whose value it changed is
-        recorded under its flag."""
+    def record_changes(self, cfg, apply, source):
+        """`apply(cfg)` sets some keys; each key whose value it changed is recorded under
+        `source` (a text, or key -> text)."""
         before = {key: _value(cfg, key) for key in leaf_keys(cfg)}
         apply(cfg)
         for key in leaf_keys(cfg):
             if key in before and _value(cfg, key) != before[key]:
-                self._record(key, f"the command-line flag {FLAG_OF_KEY.get(key, '(a flag)')}", _value(cfg, key))
+                self._record(key, source(key) if callable(source) else source, _value(cfg, key))
+
+    def record_flags(self, cfg, apply):
+        """`apply(cfg)` sets keys from command-line flags (reset_cfg): each change under its flag."""
+        self.record_changes(cfg, apply, lambda key: f"the command-line flag {FLAG_OF_KEY.get(key, '(a flag)')}")
 
     def source_of(self, key):
         """Where the value of `key` in use was set ("config file x.yaml"), or None for a default."""
