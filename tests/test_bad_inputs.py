@@ -87,6 +87,13 @@ def wrong_type_in_file(ctx):
     trainers.setup_cfg(demo_args(ctx.root, ctx.out, config=path))
 
 
+def yaml_syntax_error_in_file(ctx):
+    import trainers
+
+    path = yaml_file(ctx.tmp, "OPTIM:\n  LR: [0.1\n  MAX_EPOCH: 3\n")  # an unclosed list
+    trainers.setup_cfg(demo_args(ctx.root, ctx.out, config=path))
+
+
 def unknown_key_on_command_line(ctx):
     setup(ctx.root, ctx.out, opts=("OPTIM.MAX_EPOCHS", 3))
 
@@ -381,6 +388,9 @@ BAD_INPUTS = [
     (unknown_key_in_file, KeyError,
      r"unknown config key TRAINER.COOP.NCTX \(in config file .*bad.yaml\); did you mean TRAINER.COOP.N_CTX\?"),
     (wrong_type_in_file, ValueError, r"MAX_EPOCH.*in config file .*bad.yaml"),
+    (yaml_syntax_error_in_file, ValueError,
+     r"config file .*bad.yaml, line 3, column 12: not valid YAML: expected ',' or '\]', but got ':' "
+     r"\(while parsing a flow sequence at line 2, column 7\)"),
     (unknown_key_on_command_line, KeyError,
      r"unknown config key OPTIM.MAX_EPOCHS \(in the command-line options\); did you mean OPTIM.MAX_EPOCH\?"),
     (bad_nonfinite_policy, ValueError, r"TRAIN.NONFINITE must be one of \('stop', 'skip'\), got 'ignore'"),
