@@ -343,6 +343,11 @@ def gate_cond_mistyped(ctx):
     setup(ctx.root, ctx.out, trainer="MaPLeGated", opts=("GATE.COND", "patch"))
 
 
+def ivlp_without_prompts_in_either_tower(ctx):
+    setup(ctx.root, ctx.out, trainer="IVLP", opts=("TRAINER.IVLP.PROMPT_DEPTH_TEXT", 0,
+                                                   "TRAINER.IVLP.PROMPT_DEPTH_VISION", 0))
+
+
 def maple_gated_without_deep_layers(ctx):
     setup(ctx.root, ctx.out, trainer="MaPLeGated", opts=("TRAINER.MAPLE.PROMPT_DEPTH", 1))
 
@@ -453,6 +458,8 @@ BAD_INPUTS = [
      r"got 'lenght'; did you mean 'length'\?"),
     (gate_cond_mistyped, ValueError, r"GATE.COND must be one of \('patch_mean', 'image_feature'\) .*MaPLeGated.*"
                                      r"got 'patch'; did you mean 'patch_mean'\?"),
+    (ivlp_without_prompts_in_either_tower, ValueError,
+     r"TRAINER.IVLP prompts neither tower .*nothing would be learned"),
     (maple_gated_without_deep_layers, ValueError, r"TRAINER.MAPLE.PROMPT_DEPTH must be >= 2, got 1"),
     (entropy_remedy_without_direction, ValueError,
      r"REMEDY.ENTROPY.DIRECTION must be set to one of \('sharpen', 'flatten'\) when REMEDY.ENTROPY.WEIGHT > 0"),

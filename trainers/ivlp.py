@@ -9,7 +9,7 @@ prompts off (the repository's language-only config). Keys
 import torch.nn as nn
 from yacs.config import CfgNode as CN
 
-from gates.config_spec import at_least, declare, one_of, unchecked
+from gates.config_spec import at_least, declare, declare_rule, one_of, unchecked
 
 from .deep_prompting import DeepPromptCLIP, Prompts, check_depth, maple_context, n_layers, prompt_tokens
 from .engine import TRAINER_REGISTRY
@@ -69,6 +69,16 @@ class IVLPPromptLearner(nn.Module):
                        vision=self.vision.shallow(), vision_deep=self.vision.deep())
 
 
+def some_tower_prompted(cfg):
+    """With both towers' prompts off there is nothing to learn (the optimizer would get no tensor)."""
+    c = cfg.TRAINER.IVLP
+    if not (c.N_CTX_TEXT and c.PROMPT_DEPTH_TEXT) and not (c.N_CTX_VISION and c.PROMPT_DEPTH_VISION):
+        return "TRAINER.IVLP.PROMPT_DEPTH_TEXT", (
+            "TRAINER.IVLP prompts neither tower (N_CTX_TEXT or PROMPT_DEPTH_TEXT is 0, and N_CTX_VISION or "
+            "PROMPT_DEPTH_VISION is 0): nothing would be learned; give one tower prompts")
+    return None
+
+
 @TRAINER_REGISTRY.register()
 class IVLP(PromptTrainer):
     CFG_NODE = "IVLP"
@@ -87,6 +97,7 @@ class IVLP(PromptTrainer):
                 CTX_INIT=unchecked("words of the initial (or fixed) text prompt"), PREC=one_of(*PRECISIONS),
                 PROMPT_DEPTH_VISION=at_least(0, "0: no visual prompts"),
                 PROMPT_DEPTH_TEXT=at_least(0, "0: no text prompts"))
+        declare_rule(cfg.TRAINER.IVLP, some_tower_prompted)
 
     def build_custom_clip(self, cfg, classnames, backbone):
         learner = IVLPPromptLearner(backbone, classnames, cfg.TRAINER.IVLP)
