@@ -1,6 +1,8 @@
 """The `DIAGNOSTICS` config node (added through the plugin's gatescope_add_config hook)."""
 from yacs.config import CfgNode as CN
 
+from gates.config_spec import above, at_least, between, declare, each
+
 from .verdict import DEFAULT_THRESHOLDS
 
 
@@ -32,4 +34,14 @@ def add_diagnostics_config(cfg):
         "the verdict no longer reads a minimum accuracy change: whether a gate is functional is the KL "
         "between predictions with the learned and the reference gate (nats, default 0.001); the accuracy "
         "change is reported with its bootstrap interval"))
+    declare(d, LOG_EVERY=at_least(1), EPS=between(0, 0.5, lo_open=True), RHO_MIN=at_least(0), STD_MIN=at_least(0),
+            SAT_MAX=between(0, 1), EFF_MIN=at_least(1, "exp(entropy) of one option"), MOVE_MIN=at_least(0),
+            KL_MIN=at_least(0, "nats"), FLIP_MIN=between(0, 1, "a share of the inputs"),
+            SENSITIVITY_MIN=at_least(0), SCHEDULE_GAIN_MIN=at_least(0, "accuracy points"),
+            PROBE_MARGIN=between(0, 100, "accuracy points"), MI_P_MAX=between(0, 1, lo_open=True),
+            WINDOW=between(0, 1, lo_open=True), GAP_SEVERE=at_least(0),
+            TRAIN_BATCHES=at_least(0, "0: the whole training set"), GRAD_BATCHES=at_least(0, "0: none"),
+            BOOTSTRAP=at_least(1), PERMUTATIONS=at_least(1),
+            PROBE_EPOCHS=each(at_least(1, "1-based epoch numbers")), PROBE_BATCHES=at_least(0, "0: the whole test set"),
+            NOISE_SIGMAS=each(above(0)))
     return cfg

@@ -1,6 +1,9 @@
 """The core `GATE` config node; each gate adds its own sub-node through `gatescope_add_config`."""
 from yacs.config import CfgNode as CN
 
+from .config_spec import FLOAT32_MAX, at_least, between, declare, declare_rule, one_of, registered, unchecked
+from .contract import TEST_MODES
+
 
 def add_gate_config(cfg):
     cfg.GATE = CN()
@@ -18,4 +21,27 @@ def add_gate_config(cfg):
     cfg.GATE.ALPHA_MAX = 10.0
     cfg.GATE.PARAM_MATCHED_BIAS = False  # CoOp/CoCoOp: add a zero-initialised bias shaped like the gate
     cfg.GATE.ENCODE_MEMORY_MB = 4096  # activation cap (MiB) of one chunk of per-input prompt encodings
+    declare(cfg.GATE, NAME=registered("gate", registered_gates, empty_means="the trainer's default gate"),
+            TARGET=unchecked("the gated trainer checks its own targets (GatedTrainer.config_problems)"),
+            COND=unchecked("the gated trainer checks its own signals (GatedTrainer.config_problems)"),
+            LR_MULT=between(0, FLOAT32_MAX), TEST_MODE=one_of(*TEST_MODES), THRESHOLD=between(0, 1),
+            POOL_SIZE=at_least(1), REG_SPARSITY=at_least(0), ALPHA_MAX=at_least(1), ENCODE_MEMORY_MB=at_least(1))
+    declare_rule(cfg.GATE, gate_lr_is_finite)
     return cfg
+
+
+def registered_gates():
+    from .manager import get_plugins
+
+    return get_plugins().available_gates()
+
+
+def gate_lr_is_finite(cfg):
+    """OPTIM.LR x GATE.LR_MULT, the "gate" group's rate, must be a finite float32 (the dtype of
+    the learnable tensors): 1e38 x 10 overflows, and the optimizer would fail on its first step."""
+    lr = cfg.OPTIM.LR * cfg.GATE.LR_MULT
+    if lr > FLOAT32_MAX:
+        return "GATE.LR_MULT", (f"OPTIM.LR x GATE.LR_MULT = {cfg.OPTIM.LR:g} x {cfg.GATE.LR_MULT:g} = {lr:g} "
+                                f"overflows float32 (largest {FLOAT32_MAX:.4g}), the dtype of the learnable "
+                                "tensors; lower one of them")
+    return None

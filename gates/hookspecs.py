@@ -73,7 +73,8 @@ def gatescope_register_trainers(register):
 
 @hookspec
 def gatescope_add_config(cfg):
-    """Add this plugin's config keys to cfg (a yacs CfgNode) before files and opts are merged."""
+    """Add this plugin's config keys to cfg (a yacs CfgNode) before files and opts are merged, and
+    declare what each may hold beside its default (gates.config_spec.declare): checked once at setup."""
 
 
 # ---------------------------------------------------------------- lifecycle

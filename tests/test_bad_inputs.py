@@ -87,6 +87,13 @@ def wrong_type_in_file(ctx):
     trainers.setup_cfg(demo_args(ctx.root, ctx.out, config=path))
 
 
+def yaml_syntax_error_in_file(ctx):
+    import trainers
+
+    path = yaml_file(ctx.tmp, "OPTIM:\n  LR: [0.1\n  MAX_EPOCH: 3\n")  # an unclosed list
+    trainers.setup_cfg(demo_args(ctx.root, ctx.out, config=path))
+
+
 def unknown_key_on_command_line(ctx):
     setup(ctx.root, ctx.out, opts=("OPTIM.MAX_EPOCHS", 3))
 
@@ -296,6 +303,75 @@ def fewshot_cache_with_a_forged_datum(ctx):
     dataset(root, "ImageFolder", NUM_SHOTS=1)
 
 
+def batch_size_zero(ctx):
+    setup(ctx.root, ctx.out, opts=("DATALOADER.TRAIN_X.BATCH_SIZE", 0))
+
+
+def print_freq_zero(ctx):
+    setup(ctx.root, ctx.out, opts=("TRAIN.PRINT_FREQ", 0))
+
+
+def n_ctx_negative(ctx):
+    setup(ctx.root, ctx.out, opts=("TRAINER.COOP.N_CTX", -1))
+
+
+def num_workers_negative(ctx):
+    setup(ctx.root, ctx.out, opts=("DATALOADER.NUM_WORKERS", -1))
+
+
+def pixel_std_zero(ctx):
+    setup(ctx.root, ctx.out, opts=("INPUT.PIXEL_STD", [0.0, 0.0, 0.0]))
+
+
+def learning_rate_infinite(ctx):
+    setup(ctx.root, ctx.out, opts=("OPTIM.LR", "1e999"))  # yacs parses it as inf
+
+
+def gate_learning_rate_overflows_float32(ctx):
+    setup(ctx.root, ctx.out, trainer="CoOpGated", opts=("OPTIM.LR", 1e38, "GATE.LR_MULT", 10.0))
+
+
+def gate_test_mode_mistyped(ctx):
+    setup(ctx.root, ctx.out, trainer="CoOpGated", opts=("GATE.TEST_MODE", "hrad"))
+
+
+def gate_target_mistyped(ctx):
+    setup(ctx.root, ctx.out, trainer="CoOpGated", opts=("GATE.TARGET", "lenght"))
+
+
+def gate_cond_mistyped(ctx):
+    setup(ctx.root, ctx.out, trainer="MaPLeGated", opts=("GATE.COND", "patch"))
+
+
+def ivlp_without_prompts_in_either_tower(ctx):
+    setup(ctx.root, ctx.out, trainer="IVLP", opts=("TRAINER.IVLP.PROMPT_DEPTH_TEXT", 0,
+                                                   "TRAINER.IVLP.PROMPT_DEPTH_VISION", 0))
+
+
+def maple_gated_without_deep_layers(ctx):
+    setup(ctx.root, ctx.out, trainer="MaPLeGated", opts=("TRAINER.MAPLE.PROMPT_DEPTH", 1))
+
+
+def entropy_remedy_without_direction(ctx):
+    setup(ctx.root, ctx.out, trainer="CoOpGated", opts=("REMEDY.ENTROPY.WEIGHT", 0.1))
+
+
+def config_file_mistyped(ctx):
+    setup(ctx.root, ctx.out, config=os.path.join(REPO, "configs", "trainers", "CoOp", "dem.yaml"))
+
+
+def pretrained_checkpoint_missing(ctx):
+    setup(ctx.root, ctx.out, opts=("MODEL.BACKBONE.PRETRAINED", str(ctx.tmp / "weights" / "clip.pt")))
+
+
+def resume_folder_missing(ctx):
+    setup(ctx.root, ctx.out, opts=("RESUME", str(ctx.tmp / "no_such_run")))
+
+
+def several_bad_values_reported_together(ctx):
+    setup(ctx.root, ctx.out, opts=("TRAIN.PRINT_FREQ", 0, "OPTIM.NAME", "adamm", "DIAGNOSTICS.EPS", 0.7))
+
+
 def root_without_a_dataset(ctx):
     import trainers
     from trainers.cli import build_train_parser
@@ -307,14 +383,21 @@ def root_without_a_dataset(ctx):
 
 # (case, exception type, what the message must say)
 BAD_INPUTS = [
-    (unknown_trainer, KeyError, r'Unknown trainer "CoOpp".*Available trainers: .*CoOp'),
-    (unknown_gate, KeyError, r'No gate named "mpl".*Available gates: .*mlp'),
-    (unknown_dataset, KeyError, r'No dataset named "OxfordPet".*OxfordPets'),
+    (unknown_trainer, KeyError, r'TRAINER.NAME: unknown trainer "CoOpp"; did you mean "CoOp"\? Available trainers: '
+                                r'.*CoOp.*\(set in the command-line flag --trainer\)'),
+    (unknown_gate, KeyError, r'GATE.NAME: unknown gate "mpl"; did you mean "mlp"\? Available gates: .*mlp'),
+    (unknown_dataset, KeyError, r'DATASET.NAME: unknown dataset "OxfordPet"; did you mean "OxfordPets"\?'),
     (unknown_backbone, ValueError, r"Unknown backbone 'ViT-B/61'.*ViT-B/16"),
-    (unknown_transform, ValueError, r"random_flop.*expected names from .*random_flip"),
-    (unknown_key_in_file, KeyError, r"TRAINER.COOP.NCTX.*in config file .*bad.yaml"),
+    (unknown_transform, ValueError,
+     r"INPUT.TRANSFORMS\[0\] must be one of \(.*'random_flip'.*\), got 'random_flop'; did you mean 'random_flip'\?"),
+    (unknown_key_in_file, KeyError,
+     r"unknown config key TRAINER.COOP.NCTX \(in config file .*bad.yaml\); did you mean TRAINER.COOP.N_CTX\?"),
     (wrong_type_in_file, ValueError, r"MAX_EPOCH.*in config file .*bad.yaml"),
-    (unknown_key_on_command_line, KeyError, r"OPTIM.MAX_EPOCHS.*command-line"),
+    (yaml_syntax_error_in_file, ValueError,
+     r"config file .*bad.yaml, line 3, column 12: not valid YAML: expected ',' or '\]', but got ':' "
+     r"\(while parsing a flow sequence at line 2, column 7\)"),
+    (unknown_key_on_command_line, KeyError,
+     r"unknown config key OPTIM.MAX_EPOCHS \(in the command-line options\); did you mean OPTIM.MAX_EPOCH\?"),
     (bad_nonfinite_policy, ValueError, r"TRAIN.NONFINITE must be one of \('stop', 'skip'\), got 'ignore'"),
     (dataset_root_missing, FileNotFoundError, r"OxfordPets: missing .*no_data_here.*oxford_pets.*expected"),
     (split_file_missing, FileNotFoundError, r"UCF101: missing .*split_zhou_UCF101.json"),
@@ -359,6 +442,35 @@ BAD_INPUTS = [
      r'mine/split.json" was built by gatescope from the class folders .*\(added: zebra\)\. Delete it'),
     (fewshot_cache_with_a_forged_datum, ValueError,
      r'shot_1-seed_1.pkl": item 0 of "train" is not a valid Datum \(_label = .* is not a int\).*Delete it'),
+    (batch_size_zero, ValueError,
+     r"DATALOADER.TRAIN_X.BATCH_SIZE must be >= 1, got 0 \(set in the command-line options\)"),
+    (print_freq_zero, ValueError, r"TRAIN.PRINT_FREQ must be >= 1, got 0"),
+    (n_ctx_negative, ValueError, r"TRAINER.COOP.N_CTX must be >= 1, got -1"),
+    (num_workers_negative, ValueError, r"DATALOADER.NUM_WORKERS must be >= 0, got -1"),
+    (pixel_std_zero, ValueError, r"INPUT.PIXEL_STD\[0\] must be > 0 \(images are divided by it\), got 0.0"),
+    (learning_rate_infinite, ValueError, r"OPTIM.LR must be >= 0 and <= 3.403e\+38 .*got inf"),
+    (gate_learning_rate_overflows_float32, ValueError,
+     r"OPTIM.LR x GATE.LR_MULT = 1e\+38 x 10 = 1e\+39 overflows float32 \(largest 3.403e\+38\)"),
+    (gate_test_mode_mistyped, ValueError, r"GATE.TEST_MODE must be one of \('soft', 'hard'\), got 'hrad'; "
+                                          r"did you mean 'hard'\?"),
+    (gate_target_mistyped, ValueError,
+     r"GATE.TARGET must be one of \('length', 'token_dim', 'prefix', 'pool'\) \(the targets of CoOpGated\), "
+     r"got 'lenght'; did you mean 'length'\?"),
+    (gate_cond_mistyped, ValueError, r"GATE.COND must be one of \('patch_mean', 'image_feature'\) .*MaPLeGated.*"
+                                     r"got 'patch'; did you mean 'patch_mean'\?"),
+    (ivlp_without_prompts_in_either_tower, ValueError,
+     r"TRAINER.IVLP prompts neither tower .*nothing would be learned"),
+    (maple_gated_without_deep_layers, ValueError, r"TRAINER.MAPLE.PROMPT_DEPTH must be >= 2, got 1"),
+    (entropy_remedy_without_direction, ValueError,
+     r"REMEDY.ENTROPY.DIRECTION must be set to one of \('sharpen', 'flatten'\) when REMEDY.ENTROPY.WEIGHT > 0"),
+    (config_file_mistyped, FileNotFoundError,
+     r'--config-file ".*CoOp/dem.yaml": no such file; did you mean ".*configs/trainers/CoOp/demo.yaml"\?'),
+    (pretrained_checkpoint_missing, FileNotFoundError,
+     r'MODEL.BACKBONE.PRETRAINED: the checkpoint file ".*weights/clip.pt" does not exist'),
+    (resume_folder_missing, FileNotFoundError, r'RESUME: the folder ".*no_such_run" does not exist'),
+    (several_bad_values_reported_together, ValueError,
+     r"3 config values cannot work:\n  - OPTIM.NAME must be one of .*got 'adamm'; did you mean 'adam'\?.*\n"
+     r"  - TRAIN.PRINT_FREQ must be >= 1, got 0.*\n  - DIAGNOSTICS.EPS must be > 0 and <= 0.5, got 0.7"),
     (root_without_a_dataset, ValueError,
      r'--root ".*my_images" is given but no dataset is named.*configs/datasets/gatescope_demo.yaml'),
 ]

@@ -129,9 +129,11 @@ def test_gate_aux_loss_joins_the_named_losses(demo_root, tmp_path):
 
 
 def test_unsupported_target_and_cond_list_the_valid_ones(demo_root, tmp_path):
-    with pytest.raises(ValueError, match="its targets are length, token_dim, prefix, pool"):
+    with pytest.raises(ValueError, match=r"GATE.TARGET must be one of \('length', 'token_dim', 'prefix', 'pool'\) "
+                                         r"\(the targets of CoOpGated\), got 'depth'"):
         build_demo_trainer(demo_root, tmp_path, trainer="CoOpGated", opts=FAST + ("GATE.TARGET", "depth"))
-    with pytest.raises(ValueError, match="choose one of patch_mean, image_feature"):
+    with pytest.raises(ValueError, match=r"GATE.COND must be one of \('patch_mean', 'image_feature'\) "
+                                         r"\(the conditioning signals of MaPLeGated\), got 'text'"):
         build_demo_trainer(demo_root, tmp_path, trainer="MaPLeGated", opts=FAST + ("GATE.COND", "text"))
 
 

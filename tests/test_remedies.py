@@ -11,6 +11,7 @@ import gates.remedies as remedies
 from conftest import REPO, build_demo_trainer
 from gates import hookimpl
 from gates.builtin import MLPGate, SigmoidGate, SoftmaxGate
+from gates.config_spec import validate
 from gates.manager import PluginError
 from gates.remedies import balance, entropy, gradnorm, temperature, zloss
 from gates import AppliedGate
@@ -263,10 +264,13 @@ def test_entropy_hand_computed_and_direction_required():
     assert entropy.mean_entropy(p, "simplex", logits, "softmax").item() == pytest.approx(simplex.item(), rel=1e-6)
     # A one-hot row has entropy 0 (no log(0) NaN).
     assert entropy.mean_entropy(torch.tensor([[1.0, 0.0]]), "simplex").item() == 0.0
-    cfg = remedy_cfg()
-    cfg.ENTROPY.WEIGHT = 0.1
-    with pytest.raises(ValueError, match="sharpen.*flatten"):
-        entropy.check(None, cfg)
+    root = CN()
+    remedies.gatescope_add_config(root)
+    root.REMEDY.ENTROPY.WEIGHT = 0.1  # the direction is required, checked with the whole config
+    with pytest.raises(ValueError, match="REMEDY.ENTROPY.DIRECTION must be set .*sharpen.*flatten"):
+        validate(root)
+    root.REMEDY.ENTROPY.DIRECTION = "flatten"
+    validate(root)
 
 
 def test_zloss_hand_computed():

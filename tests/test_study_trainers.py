@@ -116,10 +116,11 @@ def test_param_matched_bias_matches_the_gate_and_starts_as_the_parent(demo_root,
 
 
 def test_bad_study_keys_name_the_key(demo_root, tmp_path):
-    with pytest.raises(ValueError, match="TRAINER.COCOOP.GATE_MODE must be static or conditional"):
+    with pytest.raises(ValueError,
+                       match=r"TRAINER.COCOOP.GATE_MODE must be one of \('static', 'conditional'\), got 'dynamic'"):
         build_demo_trainer(demo_root, tmp_path, trainer="CoCoOp",
                            opts=FAST + ("TRAINER.COCOOP.USE_GATE", True, "TRAINER.COCOOP.GATE_MODE", "dynamic"))
-    with pytest.raises(ValueError, match="TRAINER.COOP.GATE_TYPE must be scalar or vector"):
+    with pytest.raises(ValueError, match=r"TRAINER.COOP.GATE_TYPE must be one of \('scalar', 'vector'\), got 'matrix'"):
         build_demo_trainer(demo_root, tmp_path, trainer="CoOp",
                            opts=FAST + ("TRAINER.COOP.USE_GATE", True, "TRAINER.COOP.GATE_TYPE", "matrix"))
 

@@ -32,11 +32,14 @@ length_only and depth_only). Keys `TRAINER.ADAPTIVE_MAPLE.*`, `TRAINER.ADAPTIVE_
 """
 from yacs.config import CfgNode as CN
 
+from gates.config_spec import above, at_least, between, declare, one_of, unchecked
+
 from .bidir_maple import BiDirMaPLe, BiDirMaPLePromptLearner
 from .deep_prompting import DeepPromptCLIP, Prompts
 from .engine import TRAINER_REGISTRY
 from .gating import GatedTrainer
 from .maple import MaPLe, MaPLePromptLearner
+from .prompt_trainer import PRECISIONS
 
 TYPES = ("full", "length_only", "depth_only")
 
@@ -51,6 +54,9 @@ def add_adaptive_keys(node):
     node.TYPE = "full"  # full, length_only, depth_only
     node.FIXED_N_CTX = 4  # context length when the length is not gated (depth_only)
     node.FIXED_PROMPT_DEPTH = 6  # prompt depth when the depth is not gated (length_only)
+    declare(node, N_CTX_MAX=at_least(1), CTX_INIT=unchecked("words of the initial context"), PREC=one_of(*PRECISIONS),
+            PROMPT_DEPTH_MAX=at_least(1), LAMBDA_SPARSITY=at_least(0), LAMBDA_DEPTH_SMOOTH=at_least(0),
+            TYPE=one_of(*TYPES), FIXED_N_CTX=at_least(1), FIXED_PROMPT_DEPTH=at_least(1))
 
 
 def add_gated_keys(node):
@@ -73,6 +79,9 @@ def add_bidir_keys(node):
     # class_mean: the study's code, proj(mean of the context tokens) repeated once per class;
     # tokens: MaPLe's proj(ctx), one visual token per context token (see trainers/bidir_maple.py).
     node.SHALLOW_VISION_PROMPT = "class_mean"
+    declare(node, CYCLE_LOSS_WEIGHT=at_least(0), CYCLE_WARMUP_EPOCHS=at_least(0),
+            MAPPING_HIDDEN_DIM_RATIO=above(0), EMA_DECAY=between(0, 1), EMA_START_EPOCH=at_least(0),
+            SHALLOW_VISION_PROMPT=one_of("class_mean", "tokens"))
 
 
 class AdaptiveGates:

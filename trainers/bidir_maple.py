@@ -25,10 +25,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from yacs.config import CfgNode as CN
 
+from gates.config_spec import at_least, between, declare, one_of, unchecked
+
 from .deep_prompting import DeepPromptCLIP
 from .ema import ParameterEMA
 from .engine import TRAINER_REGISTRY
 from .maple import MaPLe, MaPLePromptLearner
+from .prompt_trainer import PRECISIONS
 
 SHALLOW_VISION = ("tokens", "class_mean")
 CYCLE_ON = ("raw", "coupled")
@@ -122,6 +125,10 @@ class BiDirMaPLe(MaPLe):
         cfg.TRAINER.BIDIR_MAPLE.USE_EMA = False  # evaluate an EMA of the prompts
         cfg.TRAINER.BIDIR_MAPLE.EMA_DECAY = 0.999
         cfg.TRAINER.BIDIR_MAPLE.EMA_START_EPOCH = 5
+        declare(cfg.TRAINER.BIDIR_MAPLE, N_CTX=at_least(1), CTX_INIT=unchecked("words of the initial context"),
+                PREC=one_of(*PRECISIONS), PROMPT_DEPTH=at_least(1, "1: shallow prompts only"),
+                CYCLE_LOSS_WEIGHT=at_least(0), CYCLE_WARMUP_EPOCHS=at_least(0), EMA_DECAY=between(0, 1),
+                EMA_START_EPOCH=at_least(0))
 
     def build_custom_clip(self, cfg, classnames, backbone):
         c = cfg.TRAINER.BIDIR_MAPLE

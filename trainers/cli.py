@@ -94,13 +94,20 @@ def run_training(args):
 
 
 def train_main(argv=None, prog="train.py"):
+    """train.py: a config that cannot work (a typo, a value out of range, a missing file) ends with
+    one "error:" message and exit status 2, as argparse reports a bad flag, not a traceback. A run
+    stopped by SIGTERM ends as a process killed by that signal, after stopping cleanly."""
     import signal
 
+    from gates.config_spec import ConfigError
     from trainers.engine.trainer import SignalInterrupt
 
-    args = build_train_parser(prog).parse_args(argv)
+    parser = build_train_parser(prog)
+    args = parser.parse_args(argv)
     try:
         run_training(args)
+    except ConfigError as e:
+        parser.exit(2, f"{prog}: error: {e}\n")
     except SignalInterrupt as stop:
         # The run stopped cleanly (plugins flushed, writer closed, last checkpoint intact). End
         # the way a process killed by that signal ends, so a shell loop or a sweep sees it.

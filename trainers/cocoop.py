@@ -15,10 +15,12 @@ import torch
 import torch.nn as nn
 from yacs.config import CfgNode as CN
 
+from gates.config_spec import at_least, declare, one_of, unchecked
+
 from .backbone.adapter import cosine_logits
 from .engine import TRAINER_REGISTRY
 from .feature_cache import FeatureCacheMixin, image_features_of
-from .prompt_trainer import PromptTrainer
+from .prompt_trainer import PRECISIONS, PromptTrainer
 from .prompting import ClassPromptTemplate, init_context, prompts_per_chunk
 
 
@@ -102,6 +104,8 @@ class CoCoOp(FeatureCacheMixin, PromptTrainer):
         cfg.TRAINER.COCOOP.PREC = "fp16"  # fp16, fp32, amp
         # Cap on the activation memory of one batched text-encoding chunk (in MiB).
         cfg.TRAINER.COCOOP.ENCODE_MEMORY_MB = 4096
+        declare(cfg.TRAINER.COCOOP, N_CTX=at_least(1), CTX_INIT=unchecked("words; their number replaces N_CTX"),
+                PREC=one_of(*PRECISIONS), ENCODE_MEMORY_MB=at_least(1))
 
     def build_custom_clip(self, cfg, classnames, backbone):
         c = cfg.TRAINER.COCOOP

@@ -1,15 +1,20 @@
-"""Config assembly in CoOp's order: defaults, trainers' keys, dataset YAML, method YAML, flags, opts."""
+"""Config assembly in CoOp's order: defaults, trainers' keys, dataset YAML, method YAML, flags, opts;
+then one check of every value against its declaration (gates/config_spec.py) before anything is built."""
 import os
 
 from yacs.config import CfgNode as CN
 
 from gates.config import add_gate_config
-from .plugins import get_plugins
+from gates.config_spec import MissingPathError, closest_path, copy_declarations, declare, one_of, unchecked, validate
 
+from .config_sources import ConfigSources
 from .data.image_cache import add_image_cache_config
 from .data.registry import resolve_dataset
 from .engine import TRAINER_REGISTRY, get_cfg_default
+from .engine.config import get_cfg_default as gatescope_cfg_default
+from .engine.trainer import NONFINITE_POLICIES
 from .feature_cache import add_feature_cache_config
+from .plugins import get_plugins
 from .study_keys import apply_study_gate_flags
 
 
@@ -23,6 +28,7 @@ def extend_cfg(cfg):
     """
     plugins = get_plugins()
     plugins.register_trainers(TRAINER_REGISTRY)
+    copy_declarations(gatescope_cfg_default(), cfg)  # Dassl's own tree (GATESCOPE_ENGINE=dassl) has none
     add_gate_config(cfg)
     add_feature_cache_config(cfg)  # DATALOADER.FEATURE_CACHE (issue 7)
     add_image_cache_config(cfg)  # DATALOADER.IMAGE_CACHE_MB (issue 7)
@@ -42,6 +48,7 @@ def extend_cfg(cfg):
                 except NotImplementedError:
                     pass
     cfg.CONFIG_FILE = ""  # the --config-file of this run (set by setup_cfg; names the run in summaries)
+    declare(cfg, CONFIG_FILE=unchecked("set from --config-file"))
     if "SUBSAMPLE_CLASSES" not in cfg.DATASET:  # Dassl's own defaults lack CoOp's key
         cfg.DATASET.SUBSAMPLE_CLASSES = "all"
     add_reliability_config(cfg)
@@ -63,6 +70,7 @@ def add_reliability_config(cfg):
     # An unreadable or corrupt image: False stops naming the file; True skips it (the next
     # readable item of the split stands in), warns once per file and counts it.
     cfg.DATASET.SKIP_BAD_IMAGES = False
+    declare(cfg.TRAIN, NONFINITE=one_of(*NONFINITE_POLICIES))
     return cfg
 
 
@@ -129,20 +137,58 @@ def reset_cfg(cfg, args):
 
 
 def setup_cfg(args):
+    """The run's frozen config from train.py's `args`, checked before anything is built or written.
+
+    Merged in CoOp's order (defaults and every trainer's and plugin's keys, --dataset-config-file,
+    --config-file, flags, KEY VALUE options). Each file and the options are checked for unknown
+    keys before they are merged; a key set differently by two sources is reported in one line;
+    then every value is checked once against its declaration, and the chosen trainer's own
+    choices (gate targets) with it. Errors name the key, where it was set and, for a typo, the
+    closest valid name. Raises gates.config_spec.ConfigError (a ValueError; UnknownNameError /
+    UnknownKeyError are also KeyErrors, MissingPathError a FileNotFoundError).
+    """
+    check_path_flags(args)
     cfg = get_cfg_default()
     extend_cfg(cfg)
+    sources = ConfigSources()
     if args.dataset_config_file:
-        merge_from_file(cfg, args.dataset_config_file)
+        sources.check_and_record_file(cfg, args.dataset_config_file, merge_from_file, "dataset config file")
     if args.config_file:
-        merge_from_file(cfg, args.config_file)
-    reset_cfg(cfg, args)
+        sources.check_and_record_file(cfg, args.config_file, merge_from_file)
+    sources.record_flags(cfg, lambda c: reset_cfg(c, args))
     cfg.CONFIG_FILE = args.config_file or ""
-    merge_from_list(cfg, args.opts)
+    sources.check_and_record_options(cfg, args.opts or [], merge_from_list)
     resolve_dataset(cfg)  # no dataset named: the demo dataset
-    resolve_cfg(cfg)
+    sources.record_changes(cfg, resolve_cfg, "the study's gate keys (trainers/study_keys.py)")
+    for line in sources.overrides():
+        print(line)
+    validate(cfg, sources.as_mapping(), trainer_config_problems(cfg))
     cfg.freeze()
     return cfg
 
 
+def check_path_flags(args):
+    """The files and folders train.py's flags name exist (a MissingPathError suggests the closest)."""
+    problems = []
+    for flag, path, kind in (("--dataset-config-file", args.dataset_config_file, "file"),
+                             ("--config-file", args.config_file, "file"),
+                             ("--model-dir", getattr(args, "model_dir", ""), "folder")):
+        if not path or (os.path.isfile(path) if kind == "file" else os.path.isdir(path)):
+            continue
+        close = closest_path(path)
+        problems.append((flag, f'{flag} "{path}": no such {kind}' + (f'; did you mean "{close}"?' if close else "")))
+    if problems:
+        raise MissingPathError(problems)
+
+
+def trainer_config_problems(cfg):
+    """The chosen trainer's own checks (`config_problems(cfg)` on its class, e.g. a gated
+    trainer's GATE.TARGET); none for an unknown trainer, which validate reports itself."""
+    if cfg.TRAINER.NAME not in TRAINER_REGISTRY.registered_names():
+        return ()
+    check = getattr(TRAINER_REGISTRY.get(cfg.TRAINER.NAME), "config_problems", None)
+    return list(check(cfg)) if check is not None else ()
+
+
 __all__ = ["CN", "extend_cfg", "add_reliability_config", "setup_cfg", "reset_cfg", "merge_from_file",
-           "merge_from_list"]
+           "merge_from_list", "check_path_flags", "trainer_config_problems"]

@@ -7,11 +7,13 @@ Keys `TRAINER.COOP.{N_CTX, CSC, CTX_INIT, PREC, CLASS_TOKEN_POSITION}` as in CoO
 import torch.nn as nn
 from yacs.config import CfgNode as CN
 
+from gates.config_spec import at_least, declare, one_of, unchecked
+
 from .backbone.adapter import cosine_logits
 from .engine import TRAINER_REGISTRY
 from .feature_cache import FeatureCacheMixin, image_features_of
-from .prompt_trainer import PromptTrainer
-from .prompting import ClassPromptTemplate, init_context
+from .prompt_trainer import PRECISIONS, PromptTrainer
+from .prompting import CLASS_TOKEN_POSITIONS, ClassPromptTemplate, init_context
 
 
 class CoOpPromptLearner(nn.Module):
@@ -66,6 +68,8 @@ class CoOp(FeatureCacheMixin, PromptTrainer):
         cfg.TRAINER.COOP.CTX_INIT = ""  # initialization words
         cfg.TRAINER.COOP.PREC = "fp16"  # fp16, fp32, amp
         cfg.TRAINER.COOP.CLASS_TOKEN_POSITION = "end"  # 'middle' or 'end' or 'front'
+        declare(cfg.TRAINER.COOP, N_CTX=at_least(1), CTX_INIT=unchecked("words; their number replaces N_CTX"),
+                PREC=one_of(*PRECISIONS), CLASS_TOKEN_POSITION=one_of(*CLASS_TOKEN_POSITIONS))
 
     def build_custom_clip(self, cfg, classnames, backbone):
         c = cfg.TRAINER.COOP

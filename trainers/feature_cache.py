@@ -27,18 +27,21 @@ import os.path as osp
 import warnings
 
 import torch
-import torchvision.transforms as T
 from torch.utils.data import BatchSampler, DataLoader, Dataset
 from yacs.config import CfgNode as CN
 
+from gates.config_spec import at_least, declare, unchecked
 from gates.plumbing import fork_rng
 
 from .engine.utils import atomic_write_bytes
+from .lazy_import import LazyModule
+
+T = LazyModule("torchvision.transforms")  # imported at first use (lazy_import.py)
 
 FORMAT_VERSION = 1
 # Transforms whose output depends only on their input (no RNG): a pipeline made of these
 # gives the same tensor every epoch, so its image features can be cached exactly.
-DETERMINISTIC_TRANSFORMS = (T.Resize, T.CenterCrop, T.ToTensor, T.Normalize, T.PILToTensor, T.ConvertImageDtype)
+DETERMINISTIC_TRANSFORMS = ("Resize", "CenterCrop", "ToTensor", "Normalize", "PILToTensor", "ConvertImageDtype")
 
 
 def add_feature_cache_config(cfg):
@@ -49,6 +52,7 @@ def add_feature_cache_config(cfg):
     c.ENABLED = True  # use cached frozen image features where that is exact
     c.VIEWS = 0  # A > 0: a stored bank of A augmented views per training image (not exact: opt-in)
     c.DIR = ""  # where cache files live; "" = $GATESCOPE_CACHE/features (~/.cache/gatescope/features)
+    declare(c, VIEWS=at_least(0, "0: no bank of augmented views"), DIR=unchecked("created when missing"))
     return cfg
 
 
@@ -60,7 +64,7 @@ def default_cache_dir():
 # ------------------------------------------------------------------ what the features depend on
 def _is_deterministic_op(op):
     from .data.transforms import InstanceNormalization
-    return isinstance(op, DETERMINISTIC_TRANSFORMS + (InstanceNormalization,))
+    return isinstance(op, tuple(getattr(T, name) for name in DETERMINISTIC_TRANSFORMS) + (InstanceNormalization,))
 
 
 def is_deterministic(transform):

@@ -7,6 +7,7 @@ prompt learner that calls `self.gate(cond)`. It declares `TARGETS` ({target: gat
 `CONDS` (conditioning signals) and the defaults used when GATE.NAME / TARGET / COND are empty.
 """
 from gates.applied import AppliedGate
+from gates.config_spec import check_choice
 
 from .prompt_trainer import check_param_groups
 
@@ -20,6 +21,15 @@ class GatedTrainer:
     DEFAULT_TARGET = None
     DEFAULT_COND = "image_feature"
     DEFAULT_TEST_MODE = "soft"  # used when GATE.TEST_MODE is ""
+
+    @classmethod
+    def config_problems(cls, cfg):
+        """(key, message) for a GATE.TARGET or GATE.COND this trainer does not have, with the closest
+        one; setup_cfg runs this with the config check, before anything is built."""
+        yield check_choice("GATE.TARGET", cfg.GATE.TARGET or cls.DEFAULT_TARGET, tuple(cls.TARGETS),
+                           f" (the targets of {cls.__name__})")
+        yield check_choice("GATE.COND", cfg.GATE.COND or cls.DEFAULT_COND, tuple(cls.CONDS),
+                           f" (the conditioning signals of {cls.__name__})")
 
     @property
     def gate_name(self):

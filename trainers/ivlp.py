@@ -9,9 +9,11 @@ prompts off (the repository's language-only config). Keys
 import torch.nn as nn
 from yacs.config import CfgNode as CN
 
+from gates.config_spec import at_least, declare, declare_rule, one_of, unchecked
+
 from .deep_prompting import DeepPromptCLIP, Prompts, check_depth, maple_context, n_layers, prompt_tokens
 from .engine import TRAINER_REGISTRY
-from .prompt_trainer import PromptTrainer
+from .prompt_trainer import PRECISIONS, PromptTrainer
 from .prompting import ClassPromptTemplate
 
 
@@ -69,6 +71,16 @@ class IVLPPromptLearner(nn.Module):
                        vision=self.vision.shallow(), vision_deep=self.vision.deep())
 
 
+def some_tower_prompted(cfg):
+    """With both towers' prompts off there is nothing to learn (the optimizer would get no tensor)."""
+    c = cfg.TRAINER.IVLP
+    if not (c.N_CTX_TEXT and c.PROMPT_DEPTH_TEXT) and not (c.N_CTX_VISION and c.PROMPT_DEPTH_VISION):
+        return "TRAINER.IVLP.PROMPT_DEPTH_TEXT", (
+            "TRAINER.IVLP prompts neither tower (N_CTX_TEXT or PROMPT_DEPTH_TEXT is 0, and N_CTX_VISION or "
+            "PROMPT_DEPTH_VISION is 0): nothing would be learned; give one tower prompts")
+    return None
+
+
 @TRAINER_REGISTRY.register()
 class IVLP(PromptTrainer):
     CFG_NODE = "IVLP"
@@ -82,6 +94,12 @@ class IVLP(PromptTrainer):
         cfg.TRAINER.IVLP.PREC = "fp16"  # fp16, fp32, amp
         cfg.TRAINER.IVLP.PROMPT_DEPTH_VISION = 9  # max 12, min 0; 0 = no visual prompts
         cfg.TRAINER.IVLP.PROMPT_DEPTH_TEXT = 9  # max 12, min 0; 0 = no text prompts
+        # 0 is meaningful here: a tower without prompts (the repository's language-only config).
+        declare(cfg.TRAINER.IVLP, N_CTX_VISION=at_least(0), N_CTX_TEXT=at_least(0),
+                CTX_INIT=unchecked("words of the initial (or fixed) text prompt"), PREC=one_of(*PRECISIONS),
+                PROMPT_DEPTH_VISION=at_least(0, "0: no visual prompts"),
+                PROMPT_DEPTH_TEXT=at_least(0, "0: no text prompts"))
+        declare_rule(cfg.TRAINER.IVLP, some_tower_prompted)
 
     def build_custom_clip(self, cfg, classnames, backbone):
         learner = IVLPPromptLearner(backbone, classnames, cfg.TRAINER.IVLP)

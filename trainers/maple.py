@@ -15,9 +15,11 @@ import copy
 import torch.nn as nn
 from yacs.config import CfgNode as CN
 
+from gates.config_spec import at_least, declare, one_of, unchecked
+
 from .deep_prompting import DeepPromptCLIP, Prompts, check_depth, maple_context, n_layers, prompt_tokens
 from .engine import TRAINER_REGISTRY
-from .prompt_trainer import PromptTrainer
+from .prompt_trainer import PRECISIONS, PromptTrainer
 from .prompting import ClassPromptTemplate
 
 
@@ -96,6 +98,9 @@ class MaPLe(PromptTrainer):
         cfg.TRAINER.MAPLE.CTX_INIT = "a photo of a"  # initialization words
         cfg.TRAINER.MAPLE.PREC = "fp16"  # fp16, fp32, amp
         cfg.TRAINER.MAPLE.PROMPT_DEPTH = 9  # max 12, min 1; 1 = shallow prompts only
+        # (the maximum, the backbone's layer count, is checked when the backbone is built)
+        declare(cfg.TRAINER.MAPLE, N_CTX=at_least(1), CTX_INIT=unchecked("words of the initial context"),
+                PREC=one_of(*PRECISIONS), PROMPT_DEPTH=at_least(1, "1: shallow prompts only"))
 
     def build_custom_clip(self, cfg, classnames, backbone):
         c = cfg.TRAINER.MAPLE

@@ -53,6 +53,13 @@ class MaPLeGated(GatedTrainer, MaPLe):
     DEFAULT_TARGET = "depth"
     DEFAULT_COND = "patch_mean"
 
+    @classmethod
+    def config_problems(cls, cfg):
+        yield from super().config_problems(cfg)
+        if cfg.TRAINER.MAPLE.PROMPT_DEPTH < 2:
+            yield ("TRAINER.MAPLE.PROMPT_DEPTH", "MaPLeGated gates the deep-prompt layers: TRAINER.MAPLE.PROMPT_DEPTH "
+                   f"must be >= 2, got {cfg.TRAINER.MAPLE.PROMPT_DEPTH}")
+
     def build_custom_clip(self, cfg, classnames, backbone):
         _ = self.gate_target
         learner = MaPLeGatedPromptLearner(backbone, classnames, cfg.TRAINER.MAPLE, self.build_gate, self.gate_cond)

@@ -19,6 +19,7 @@ becomes CoOpGated with the matching built-in gate, so their scripts and configs 
 from yacs.config import CfgNode as CN
 
 from gates.config import add_gate_config
+from gates.config_spec import FLOAT32_MAX, at_least, between, declare, one_of
 
 
 def add_study_gate_keys(node, with_mode=False):
@@ -30,8 +31,11 @@ def add_study_gate_keys(node, with_mode=False):
     node.PARAM_MATCHED = False
     node.EQUALIZE_GRAD = False
     node.ALPHA_MAX = 10.0
+    declare(node, GATE_TYPE=one_of("scalar", "vector"), GATE_INIT_STD=at_least(0),
+            GATE_LR_MUL=between(0, FLOAT32_MAX), GATE_REG_LAMBDA=at_least(0), ALPHA_MAX=at_least(1))
     if with_mode:
         node.GATE_MODE = "static"  # static or conditional
+        declare(node, GATE_MODE=one_of("static", "conditional"))
 
 
 def resolve_study_keys(cfg, parent, gated, node_name):
@@ -41,8 +45,8 @@ def resolve_study_keys(cfg, parent, gated, node_name):
     c = cfg.TRAINER[node_name]
     if not (c.USE_GATE or c.PARAM_MATCHED):
         return
-    if c.GATE_TYPE not in ("scalar", "vector"):
-        raise ValueError(f"TRAINER.{node_name}.GATE_TYPE must be scalar or vector, got {c.GATE_TYPE!r}")
+    if c.GATE_TYPE not in ("scalar", "vector") or c.get("GATE_MODE", "static") not in ("static", "conditional"):
+        return  # left as it is: the config check that follows names the key, with a suggestion
     cfg.TRAINER.NAME = gated
     cfg.GATE.TARGET = "length" if c.GATE_TYPE == "scalar" else "token_dim"
     cfg.GATE.LR_MULT = c.GATE_LR_MUL
@@ -62,12 +66,11 @@ def resolve_study_keys(cfg, parent, gated, node_name):
         cfg.GATE.NAME = "sigmoid"
         cfg.GATE.SIGMOID.INIT_LOGIT = 0.0
         cfg.GATE.SIGMOID.INIT_STD = c.GATE_INIT_STD
-    elif mode == "conditional":
+    else:  # conditional
         cfg.GATE.NAME = "mlp"
         cfg.GATE.MLP.HIDDEN = 0
         cfg.GATE.MLP.INIT_STD = c.GATE_INIT_STD
-    else:
-        raise ValueError(f"TRAINER.{node_name}.GATE_MODE must be static or conditional, got {mode!r}")
+    # any other GATE_MODE is reported by the config check (declared one_of static, conditional)
 
 
 def default_value(key):

@@ -7,10 +7,12 @@ Keys `TRAINER.VPT.{N_CTX_VISION, CTX_INIT, PREC, PROMPT_DEPTH_VISION}`.
 import torch.nn as nn
 from yacs.config import CfgNode as CN
 
+from gates.config_spec import at_least, declare, one_of, unchecked
+
 from .deep_prompting import DeepPromptCLIP, Prompts
 from .engine import TRAINER_REGISTRY
 from .ivlp import VisualPromptStack, hand_written_prompt
-from .prompt_trainer import PromptTrainer
+from .prompt_trainer import PRECISIONS, PromptTrainer
 
 
 class VPTPromptLearner(nn.Module):
@@ -38,6 +40,8 @@ class VPT(PromptTrainer):
         cfg.TRAINER.VPT.CTX_INIT = "a photo of a"  # words of the fixed text prompt
         cfg.TRAINER.VPT.PREC = "fp16"  # fp16, fp32, amp
         cfg.TRAINER.VPT.PROMPT_DEPTH_VISION = 1  # max 12, min 1; 1 = shallow visual prompts only
+        declare(cfg.TRAINER.VPT, N_CTX_VISION=at_least(1), CTX_INIT=unchecked("words of the fixed text prompt"),
+                PREC=one_of(*PRECISIONS), PROMPT_DEPTH_VISION=at_least(1, "1: shallow visual prompts only"))
 
     def build_custom_clip(self, cfg, classnames, backbone):
         return DeepPromptCLIP(VPTPromptLearner(backbone, cfg.TRAINER.VPT), backbone, classnames,

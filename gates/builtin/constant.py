@@ -3,6 +3,7 @@ from yacs.config import CfgNode as CN
 
 import torch
 
+from ..config_spec import between, declare, unchecked
 from ..contract import Gate
 from .common import check_kind, gate_node, rows
 
@@ -47,6 +48,8 @@ def add_config(gate_cfg):
     gate_cfg.CONSTANT.VALUE = 1.0  # mask: every option's value
     gate_cfg.CONSTANT.INDEX = -1  # simplex: the option of the one-hot (-1 = last = full prompt)
     gate_cfg.CONSTANT.UNIFORM = False  # simplex: 1/K on every option instead of a one-hot
+    declare(gate_cfg.CONSTANT, VALUE=between(0, 1),
+            INDEX=unchecked("Python's index into the K options; checked against K when the gate is built"))
 
 
 def build(cfg, num_options, cond_dim, kind):

@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..config_spec import above, declare
 from ..contract import Gate
 from .common import check_positive, gate_node
 
@@ -57,6 +58,7 @@ def add_config(gate_cfg):
     gate_cfg.GUMBEL = CN()
     gate_cfg.GUMBEL.TEMPERATURE = 1.0  # T of the Gumbel-softmax (and of the eval softmax)
     gate_cfg.GUMBEL.STRAIGHT_THROUGH = False  # True: one-hot forward, soft gradient
+    declare(gate_cfg.GUMBEL, TEMPERATURE=above(0))
 
 
 def build(cfg, num_options, cond_dim, kind):

@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..config_spec import above, at_least, declare, one_of
 from ..contract import Gate
 from .common import check_positive, gate_node
 
@@ -74,6 +75,7 @@ def add_config(gate_cfg):
     gate_cfg.KEYQUERY.HARD = False  # True: one-hot on the best key (keys trained by the surrogate only)
     gate_cfg.KEYQUERY.SURROGATE_WEIGHT = 0.1  # w of the surrogate loss w * mean(1 - cos(x, selected key))
     gate_cfg.KEYQUERY.KEY_INIT = "uniform"  # uniform(-1, 1) or normal N(0, 1)
+    declare(gate_cfg.KEYQUERY, TEMPERATURE=above(0), SURROGATE_WEIGHT=at_least(0), KEY_INIT=one_of(*KEY_INITS))
 
 
 def build(cfg, num_options, cond_dim, kind):

@@ -3,6 +3,7 @@ from yacs.config import CfgNode as CN
 
 import torch
 
+from ..config_spec import at_least, declare, unchecked
 from ..contract import Gate
 from .common import conditioned_head, gate_node
 
@@ -42,6 +43,8 @@ def add_config(gate_cfg):
     gate_cfg.MLP.HIDDEN = 32  # hidden width H; 0: a linear head sigmoid(W x + b)
     gate_cfg.MLP.INIT_BIAS = 0.0  # added to the output bias at init (+10: start saturated at g ~ 1)
     gate_cfg.MLP.INIT_STD = 0.0  # std of the output weights at init; <= 0: PyTorch's default init
+    declare(gate_cfg.MLP, HIDDEN=at_least(0, "0: a linear head"), INIT_BIAS=unchecked("any logit shift"),
+            INIT_STD=unchecked("<= 0: PyTorch's default init"))
 
 
 def build(cfg, num_options, cond_dim, kind):

@@ -4,6 +4,7 @@ from yacs.config import CfgNode as CN
 import torch
 import torch.nn as nn
 
+from ..config_spec import at_least, declare, unchecked
 from ..contract import Gate
 from .common import check_kind, gate_node, rows
 
@@ -40,6 +41,7 @@ def add_config(gate_cfg):
     gate_cfg.SCALAR = CN()
     gate_cfg.SCALAR.INIT = 0.0  # initial logit of every option (mask: sigmoid(0) = 0.5; simplex: uniform)
     gate_cfg.SCALAR.INIT_STD = 0.0  # > 0: add N(0, INIT_STD^2) to each initial logit
+    declare(gate_cfg.SCALAR, INIT=unchecked("any initial logit"), INIT_STD=at_least(0))
 
 
 def build(cfg, num_options, cond_dim, kind):

@@ -1,6 +1,7 @@
 """`sigmoid`: free per-task logits through a sigmoid (the study's length and depth gates)."""
 from yacs.config import CfgNode as CN
 
+from ..config_spec import at_least, declare, unchecked
 from .common import gate_node
 from .scalar import ScalarGate
 
@@ -19,6 +20,7 @@ def add_config(gate_cfg):
     gate_cfg.SIGMOID = CN()
     gate_cfg.SIGMOID.INIT_LOGIT = 1.0  # initial logit of every option: sigmoid(1) = 0.731
     gate_cfg.SIGMOID.INIT_STD = 0.0  # > 0: add N(0, INIT_STD^2) to each initial logit
+    declare(gate_cfg.SIGMOID, INIT_LOGIT=unchecked("any initial logit"), INIT_STD=at_least(0))
 
 
 def build(cfg, num_options, cond_dim, kind):

@@ -3,6 +3,7 @@ from yacs.config import CfgNode as CN
 
 import torch
 
+from ..config_spec import above, at_least, declare
 from ..contract import Gate
 from .common import check_positive, conditioned_head, gate_node
 
@@ -36,6 +37,7 @@ def add_config(gate_cfg):
     gate_cfg.SOFTMAX = CN()
     gate_cfg.SOFTMAX.TEMPERATURE = 1.0  # T in softmax(z / T); lower is sharper
     gate_cfg.SOFTMAX.HIDDEN = 0  # 0: linear logits; > 0: an MLP with this hidden width
+    declare(gate_cfg.SOFTMAX, TEMPERATURE=above(0), HIDDEN=at_least(0, "0: linear logits"))
 
 
 def build(cfg, num_options, cond_dim, kind):

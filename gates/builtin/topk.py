@@ -6,6 +6,7 @@ from yacs.config import CfgNode as CN
 import torch
 import torch.nn as nn
 
+from ..config_spec import at_least, declare
 from ..contract import Gate
 from .common import gate_node
 
@@ -120,6 +121,8 @@ def add_config(gate_cfg):
     gate_cfg.TOPK.K = 1  # options kept per input
     gate_cfg.TOPK.AUX_WEIGHT = 0.01  # w in w * (CV(importance)^2 + CV(load)^2)
     gate_cfg.TOPK.ZERO_INIT = False  # True: W_g = 0 at init (the paper's balanced start)
+    declare(gate_cfg.TOPK, K=at_least(1, "at most the target's options, checked when the gate is built"),
+            AUX_WEIGHT=at_least(0))
 
 
 def build(cfg, num_options, cond_dim, kind):

@@ -61,8 +61,6 @@ def before_train(context):
     cfg = remedy_cfg(context)
     if cfg is None:
         return
-    for check in _each("check"):
-        check(context, cfg)
     for step in _each("before_train"):
         step(context, cfg)
 

@@ -17,6 +17,7 @@ from yacs.config import CfgNode as CN
 
 import torch
 
+from ..config_spec import at_least, declare, one_of
 from .common import tell_if_no_gate, training_outputs
 
 KINDS = ("importance", "switch")
@@ -26,11 +27,7 @@ def add_config(remedy_cfg):
     remedy_cfg.BALANCE = CN()
     remedy_cfg.BALANCE.WEIGHT = 0.0  # w; 0 = off
     remedy_cfg.BALANCE.KIND = "importance"  # importance | switch
-
-
-def check(context, cfg):
-    if cfg.BALANCE.WEIGHT and cfg.BALANCE.KIND not in KINDS:
-        raise ValueError(f"REMEDY.BALANCE.KIND must be one of {KINDS}, got {cfg.BALANCE.KIND!r}")
+    declare(remedy_cfg.BALANCE, WEIGHT=at_least(0, "0: off"), KIND=one_of(*KINDS))
 
 
 def importance_cv2(output, eps=1e-10):

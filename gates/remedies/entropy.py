@@ -23,6 +23,7 @@ from yacs.config import CfgNode as CN
 import torch
 import torch.nn.functional as F
 
+from ..config_spec import at_least, declare, declare_rule, one_of
 from .common import tell_if_no_gate, training_outputs
 
 DIRECTIONS = {"sharpen": 1.0, "flatten": -1.0}  # sign of w * H in the loss
@@ -35,18 +36,18 @@ def add_config(remedy_cfg):
     remedy_cfg.ENTROPY.WEIGHT = 0.0  # w >= 0; 0 = off
     remedy_cfg.ENTROPY.DIRECTION = ""  # sharpen (towards 0/1, one-hot) | flatten (towards 0.5, uniform)
     remedy_cfg.ENTROPY.REDUCTION = "mean"  # mask gates: mean | sum over the options (the study's)
+    declare(remedy_cfg.ENTROPY, WEIGHT=at_least(0, "the sign is DIRECTION"), DIRECTION=one_of("", *DIRECTIONS),
+            REDUCTION=one_of(*REDUCTIONS))
+    declare_rule(remedy_cfg.ENTROPY, direction_is_set)
 
 
-def check(context, cfg):
-    node = cfg.ENTROPY
-    if node.WEIGHT < 0:
-        raise ValueError(f"REMEDY.ENTROPY.WEIGHT must be >= 0 (the sign is DIRECTION), got {node.WEIGHT}")
+def direction_is_set(cfg):
+    node = cfg.REMEDY.ENTROPY
     if node.WEIGHT > 0 and node.DIRECTION not in DIRECTIONS:
-        raise ValueError(f"REMEDY.ENTROPY.DIRECTION must be set to one of {tuple(DIRECTIONS)} when "
-                         f"REMEDY.ENTROPY.WEIGHT > 0 (got {node.DIRECTION!r}): sharpen pushes gates towards "
-                         "0/1 (one-hot), flatten towards 0.5 (uniform)")
-    if node.REDUCTION not in REDUCTIONS:
-        raise ValueError(f"REMEDY.ENTROPY.REDUCTION must be one of {REDUCTIONS}, got {node.REDUCTION!r}")
+        return "REMEDY.ENTROPY.DIRECTION", (
+            f"REMEDY.ENTROPY.DIRECTION must be set to one of {tuple(DIRECTIONS)} when REMEDY.ENTROPY.WEIGHT > 0: "
+            "sharpen pushes gates towards 0/1 (one-hot), flatten towards 0.5 (uniform)")
+    return None
 
 
 def mean_entropy(output, kind, logits=None, activation=None, reduction="mean"):

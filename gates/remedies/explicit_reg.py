@@ -16,6 +16,7 @@ from yacs.config import CfgNode as CN
 
 import torch.nn.functional as F
 
+from ..config_spec import between, declare, unchecked
 from .common import tell_once
 
 HOOKS_KEY = "remedy_ctx_dropout_hooks"  # context.store: the forward pre-hooks, installed once per run
@@ -25,12 +26,7 @@ def add_config(remedy_cfg):
     remedy_cfg.EXPLICIT_REG = CN()
     remedy_cfg.EXPLICIT_REG.WEIGHT_DECAY = -1.0  # weight decay of the prompt and gate groups; < 0 = off
     remedy_cfg.EXPLICIT_REG.CTX_DROPOUT = 0.0  # dropout probability on the context; 0 = off
-
-
-def check(context, cfg):
-    p = cfg.EXPLICIT_REG.CTX_DROPOUT
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"REMEDY.EXPLICIT_REG.CTX_DROPOUT must lie in [0, 1), got {p}")
+    declare(remedy_cfg.EXPLICIT_REG, WEIGHT_DECAY=unchecked("< 0: off"), CTX_DROPOUT=between(0, 1, hi_open=True))
 
 
 def set_weight_decay(context, value):

@@ -14,6 +14,7 @@ step. Frozen means p.grad = None after backward, as in REMEDY.WARMUP: the tensor
 """
 from yacs.config import CfgNode as CN
 
+from ..config_spec import at_least, declare, declare_rule, unchecked
 from .common import freeze_for_this_step, learnable_heads, require_groups, set_gate_logits, tell_once
 
 
@@ -22,12 +23,17 @@ def add_config(remedy_cfg):
     remedy_cfg.FREEZE.AFTER_EPOCH = -1  # E: gates frozen from epoch E (0-based) on; -1 = off
     remedy_cfg.FREEZE.ALWAYS = False  # gates set to LOGIT at the start and never moved
     remedy_cfg.FREEZE.LOGIT = 5.0  # the always-frozen gates' logit (sigmoid(5) = 0.993)
+    declare(remedy_cfg.FREEZE, AFTER_EPOCH=at_least(-1, "-1: off"), LOGIT=unchecked("any logit"))
+    declare_rule(remedy_cfg.FREEZE, one_starting_logit)
 
 
-def check(context, cfg):
-    if cfg.FREEZE.ALWAYS and cfg.INIT.ENABLED:
-        raise ValueError("REMEDY.FREEZE.ALWAYS and REMEDY.INIT.ENABLED both set the gate's starting logits "
-                         f"(to {cfg.FREEZE.LOGIT} and {cfg.INIT.LOGIT}); switch one of them off")
+def one_starting_logit(cfg):
+    node = cfg.REMEDY
+    if node.FREEZE.ALWAYS and node.INIT.ENABLED:
+        return "REMEDY.FREEZE.ALWAYS", (
+            "REMEDY.FREEZE.ALWAYS and REMEDY.INIT.ENABLED both set the gate's starting logits "
+            f"(to {node.FREEZE.LOGIT} and {node.INIT.LOGIT}); switch one of them off")
+    return None
 
 
 def frozen(cfg, epoch):

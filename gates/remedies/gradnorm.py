@@ -16,6 +16,7 @@ nearly scale-free, so this matters for SGD (the study's optimizer). The last fac
 """
 from yacs.config import CfgNode as CN
 
+from ..config_spec import above, declare, declare_rule
 from .common import grad_rms, require_groups
 
 
@@ -24,12 +25,15 @@ def add_config(remedy_cfg):
     remedy_cfg.GRADNORM.ENABLED = False
     remedy_cfg.GRADNORM.CAP = 1e3  # largest factor applied to the gate gradient
     remedy_cfg.GRADNORM.FLOOR = 1.0  # smallest factor (1: never shrink the gate gradient)
+    declare(remedy_cfg.GRADNORM, CAP=above(0), FLOOR=above(0))
+    declare_rule(remedy_cfg.GRADNORM, floor_below_cap)
 
 
-def check(context, cfg):
-    node = cfg.GRADNORM
-    if node.ENABLED and not 0 < node.FLOOR <= node.CAP:
-        raise ValueError(f"REMEDY.GRADNORM needs 0 < FLOOR <= CAP, got FLOOR={node.FLOOR}, CAP={node.CAP}")
+def floor_below_cap(cfg):
+    node = cfg.REMEDY.GRADNORM
+    if node.FLOOR > node.CAP:
+        return "REMEDY.GRADNORM.FLOOR", f"REMEDY.GRADNORM needs FLOOR <= CAP, got FLOOR={node.FLOOR}, CAP={node.CAP}"
+    return None
 
 
 def scale_factor(prompt_rms, gate_rms, floor, cap):

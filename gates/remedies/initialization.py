@@ -13,6 +13,7 @@ gate with neither (topk, keyquery) is an error, not a silent no-op.
 """
 from yacs.config import CfgNode as CN
 
+from ..config_spec import at_least, declare, unchecked
 from .common import learnable_heads, set_gate_logits, tell_once
 
 
@@ -21,6 +22,7 @@ def add_config(remedy_cfg):
     remedy_cfg.INIT.ENABLED = False
     remedy_cfg.INIT.LOGIT = 0.0  # the starting logit (0: sigmoid 0.5, softmax uniform)
     remedy_cfg.INIT.WEIGHT_SCALE = 1.0  # output weights are multiplied by this (1: unchanged)
+    declare(remedy_cfg.INIT, LOGIT=unchecked("any starting logit"), WEIGHT_SCALE=at_least(0))
 
 
 def before_train(context, cfg):

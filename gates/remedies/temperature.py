@@ -16,6 +16,7 @@ entry: a resumed run recomputes it from its epoch.
 """
 from yacs.config import CfgNode as CN
 
+from ..config_spec import above, declare, one_of
 from .common import gate_heads, tell_once
 
 SCHEDULES = ("geometric", "linear")
@@ -27,16 +28,7 @@ def add_config(remedy_cfg):
     remedy_cfg.TEMPERATURE.START = 5.0  # T of the first epoch
     remedy_cfg.TEMPERATURE.END = 0.5  # T of the last epoch
     remedy_cfg.TEMPERATURE.SCHEDULE = "geometric"  # geometric | linear
-
-
-def check(context, cfg):
-    node = cfg.TEMPERATURE
-    if not node.ENABLED:
-        return
-    if node.SCHEDULE not in SCHEDULES:
-        raise ValueError(f"REMEDY.TEMPERATURE.SCHEDULE must be one of {SCHEDULES}, got {node.SCHEDULE!r}")
-    if not (node.START > 0 and node.END > 0):
-        raise ValueError(f"REMEDY.TEMPERATURE needs START > 0 and END > 0, got {node.START}, {node.END}")
+    declare(remedy_cfg.TEMPERATURE, START=above(0), END=above(0), SCHEDULE=one_of(*SCHEDULES))
 
 
 def temperature_at(epoch, max_epoch, start, end, schedule="geometric"):

@@ -13,6 +13,7 @@ code cleared gradients before they were computed, so its warm-up froze nothing.)
 """
 from yacs.config import CfgNode as CN
 
+from ..config_spec import at_least, declare, one_of
 from .common import freeze_for_this_step, require_groups
 
 MODES = {"freeze_prompts": "prompt", "fix_gate": "gate"}  # mode -> the group that is frozen
@@ -22,14 +23,7 @@ def add_config(remedy_cfg):
     remedy_cfg.WARMUP = CN()
     remedy_cfg.WARMUP.EPOCHS = 0  # N: epochs 0 .. N-1 are the warm-up; 0 = off
     remedy_cfg.WARMUP.MODE = "freeze_prompts"  # freeze_prompts | fix_gate
-
-
-def check(context, cfg):
-    node = cfg.WARMUP
-    if node.EPOCHS and node.MODE not in MODES:
-        raise ValueError(f"REMEDY.WARMUP.MODE must be one of {tuple(MODES)}, got {node.MODE!r}")
-    if node.EPOCHS < 0:
-        raise ValueError(f"REMEDY.WARMUP.EPOCHS must be >= 0 (0 = off), got {node.EPOCHS}")
+    declare(remedy_cfg.WARMUP, EPOCHS=at_least(0, "0: off"), MODE=one_of(*MODES))
 
 
 def frozen_group(cfg, epoch):

@@ -14,12 +14,14 @@ from yacs.config import CfgNode as CN
 
 import torch
 
+from ..config_spec import at_least, declare
 from .common import tell_if_no_gate, training_outputs
 
 
 def add_config(remedy_cfg):
     remedy_cfg.ZLOSS = CN()
     remedy_cfg.ZLOSS.WEIGHT = 0.0  # w; 0 = off
+    declare(remedy_cfg.ZLOSS, WEIGHT=at_least(0, "0: off"))
 
 
 def z_loss(logits, activation, kind="simplex"):

@@ -17,7 +17,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-import open_clip
+from ..lazy_import import LazyModule
+
+open_clip = LazyModule("open_clip")  # imported when a backbone is built (lazy_import.py)
 
 
 class DeepPrompts:

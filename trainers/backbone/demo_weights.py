@@ -84,10 +84,8 @@ def pretrain_demo_clip(verbose=True, **overrides):
     Images of the same shape are all positives for each other's captions (targets spread
     evenly over them), since a batch of 128 holds about 13 images of each of the 10 shapes.
     """
-    import open_clip
-
-    from . import loader  # noqa: F401  (registers the gatescope-tiny config)
     from .adapter import encode_text_embeddings
+    from .loader import open_clip  # open_clip with the gatescope-tiny config registered
 
     r = {**RECIPE, **overrides}
     generator = torch.Generator().manual_seed(r["seed"])

@@ -29,15 +29,14 @@ import difflib
 import json
 import logging
 import os
+import sys
 import warnings
 import zipfile
 from pathlib import Path
 
 import torch
 
-import open_clip
-from open_clip.model import CLIP
-
+from ..lazy_import import LazyModule
 from .demo_weights import DEMO_WEIGHTS_TAG, ensure_demo_weights
 
 logger = logging.getLogger(__name__)
@@ -70,14 +69,18 @@ QUICKGELU_SUFFIX = "-quickgelu"
 OPENAI_STATE_DICT_EXTRAS = ("input_resolution", "context_length", "vocab_size")
 
 
-def _register_model_configs():
+def _register_model_configs(open_clip):
     # add_model_config appends to a global search path and rescans it; do it once per process
     # even if this module is reloaded.
     if TINY_MODEL_NAME not in open_clip.list_models():
         open_clip.add_model_config(MODEL_CONFIG_DIR)
 
 
-_register_model_configs()
+# Imported (and given gatescope's model configs) when a backbone is first resolved or built: a
+# config check that fails on a typo does not wait seconds for open_clip and timm (lazy_import.py).
+open_clip = LazyModule("open_clip", after_import=_register_model_configs)
+if "open_clip" in sys.modules:  # already imported by someone else: register now, at no cost
+    open_clip._load()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -450,9 +453,58 @@ def load_clip(name, pretrained, device="cpu"):
         _check_plain_clip(arch, open_clip.get_model_config(arch))
         model = _load_named(name, arch, pretrained)
 
-    if not isinstance(model, CLIP):
+    if not isinstance(model, open_clip.model.CLIP):
         raise ValueError(f"'{name}' built a {type(model).__name__}, expected open_clip.model.CLIP.")
     model = model.float().to(device).eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks made when the config is assembled (before anything is built)
+# ---------------------------------------------------------------------------------------------
+
+def backbone_name_problem(name):
+    """What is wrong with MODEL.BACKBONE.NAME `name` (with the closest names), or None.
+
+    CoOp's names, gatescope's configs and `local-dir:` folders are checked without importing
+    open_clip, so a config check stays fast; any other name is looked up in open_clip.
+    """
+    name = str(name).strip()
+    if not name:
+        return (f"no backbone is named: set it (or --backbone) to one of CoOp's names "
+                f"({', '.join(COOP_BACKBONE_NAMES)}), '{TINY_MODEL_NAME}', or an open_clip architecture")
+    if name in COOP_BACKBONE_NAMES or (MODEL_CONFIG_DIR / f"{name}.json").is_file():
+        return None
+    if name.startswith(LOCAL_DIR_PREFIX):
+        folder = name[len(LOCAL_DIR_PREFIX):]
+        return None if os.path.isdir(os.path.expanduser(folder)) else f"the folder '{folder}' does not exist"
+    try:
+        resolve_backbone_name(name)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def pretrained_problem(pretrained):
+    """What is wrong with MODEL.BACKBONE.PRETRAINED, or None: a checkpoint path or `local-dir:`
+    folder that does not exist (with the closest existing path). Tags are checked when the
+    weights load (open_clip knows them)."""
+    from gates.config_spec import closest_path
+
+    from . import pretrained_from_cfg
+
+    value = pretrained_from_cfg(pretrained).strip()
+    if value.startswith(LOCAL_DIR_PREFIX):
+        folder = value[len(LOCAL_DIR_PREFIX):]
+        missing, kind, path = not os.path.isdir(os.path.expanduser(folder)), "folder", folder
+    else:
+        path = os.path.expanduser(value)
+        missing, kind = _looks_like_path(value) and not os.path.isfile(path), "checkpoint file"
+    if not missing:
+        return None
+    close = closest_path(path)
+    hint = f'; did you mean "{close}"?' if close else ""
+    return (f'the {kind} "{path}" does not exist{hint} (give a checkpoint file, an open_clip tag such as '
+            "'openai', or '' for random weights)")

@@ -12,7 +12,6 @@ Differences from Dassl:
 import warnings
 
 import torch
-import torchvision.transforms as T
 from tabulate import tabulate
 from torch.utils.data import Dataset as TorchDataset
 
@@ -20,7 +19,7 @@ from .image_cache import cached_read_image
 from .image_io import BadImageError, read_image
 from .registry import build_dataset
 from .samplers import build_sampler
-from .transforms import INTERPOLATION_MODES, build_transform
+from .transforms import T, build_transform, interpolation_mode
 
 __all__ = ["DataManager", "DatasetWrapper", "build_data_loader", "read_image", "BadImageError"]
 
@@ -151,7 +150,7 @@ class DatasetWrapper(TorchDataset):
         if self.k_tfm > 1 and transform is None:
             raise ValueError(f"Cannot augment the image {self.k_tfm} times because transform is None")
 
-        to_tensor = [T.Resize(tuple(cfg.INPUT.SIZE), interpolation=INTERPOLATION_MODES[cfg.INPUT.INTERPOLATION]),
+        to_tensor = [T.Resize(tuple(cfg.INPUT.SIZE), interpolation=interpolation_mode(cfg.INPUT.INTERPOLATION)),
                      T.ToTensor()]
         if "normalize" in cfg.INPUT.TRANSFORMS:
             to_tensor.append(T.Normalize(mean=cfg.INPUT.PIXEL_MEAN, std=cfg.INPUT.PIXEL_STD))

@@ -19,7 +19,9 @@ the worker (one epoch, unless the loader keeps persistent workers).
 """
 import os
 
-import torchvision.transforms as T
+from gates.config_spec import at_least, declare
+
+from .transforms import T  # torchvision.transforms, imported at first use
 
 DEFAULT_IMAGE_CACHE_MB = 1024
 
@@ -28,6 +30,7 @@ def add_image_cache_config(cfg):
     """DATALOADER.IMAGE_CACHE_MB (called once from extend_cfg)."""
     if "IMAGE_CACHE_MB" not in cfg.DATALOADER:
         cfg.DATALOADER.IMAGE_CACHE_MB = DEFAULT_IMAGE_CACHE_MB  # per process; 0 = off
+        declare(cfg.DATALOADER, IMAGE_CACHE_MB=at_least(0, "0: off"))
     return cfg
 
 

@@ -14,29 +14,16 @@ import random
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as F
-from torchvision.transforms import (
-    AutoAugment,
-    AutoAugmentPolicy,
-    CenterCrop,
-    ColorJitter,
-    Compose,
-    GaussianBlur,
-    InterpolationMode,
-    Normalize,
-    RandAugment,
-    RandomApply,
-    RandomCrop,
-    RandomGrayscale,
-    RandomHorizontalFlip,
-    RandomResizedCrop,
-    Resize,
-    ToTensor,
-)
+
+from ..lazy_import import LazyModule
+
+# torchvision imports torch._dynamo and takes seconds: imported when a transform is built.
+T = LazyModule("torchvision.transforms")
+F = LazyModule("torchvision.transforms.functional")
 
 __all__ = [
-    "AVAI_CHOICES", "INTERPOLATION_MODES", "build_transform", "Random2DTranslation", "InstanceNormalization",
-    "Cutout", "GaussianNoise",
+    "AVAI_CHOICES", "INTERPOLATION_MODES", "interpolation_mode", "build_transform", "Random2DTranslation",
+    "InstanceNormalization", "Cutout", "GaussianNoise",
 ]
 
 # Dassl's transform names, in Dassl's order.
@@ -47,28 +34,31 @@ AVAI_CHOICES = [
 ]
 UNAVAILABLE = ("randaugment_fixmatch", "randaugment2")
 
-INTERPOLATION_MODES = {
-    "bilinear": InterpolationMode.BILINEAR,
-    "bicubic": InterpolationMode.BICUBIC,
-    "nearest": InterpolationMode.NEAREST,
+# INPUT.INTERPOLATION: torchvision's InterpolationMode values.
+INTERPOLATION_MODES = ("bilinear", "bicubic", "nearest")
+
+# Dassl's AutoAugment names -> torchvision's AutoAugmentPolicy members.
+_POLICIES = {
+    "imagenet_policy": "IMAGENET",
+    "cifar10_policy": "CIFAR10",
+    "svhn_policy": "SVHN",
 }
 
-_POLICIES = {
-    "imagenet_policy": AutoAugmentPolicy.IMAGENET,
-    "cifar10_policy": AutoAugmentPolicy.CIFAR10,
-    "svhn_policy": AutoAugmentPolicy.SVHN,
-}
+
+def interpolation_mode(name):
+    """torchvision's InterpolationMode for an INPUT.INTERPOLATION name ("bilinear", ...)."""
+    return T.InterpolationMode(name)
 
 
 class Random2DTranslation:
     """With probability p: resize to 1.125 x (height, width), then crop (height, width) at a
     random position; otherwise just resize to (height, width)."""
 
-    def __init__(self, height, width, p=0.5, interpolation=InterpolationMode.BILINEAR):
+    def __init__(self, height, width, p=0.5, interpolation="bilinear"):
         self.height = height
         self.width = width
         self.p = p
-        self.interpolation = interpolation
+        self.interpolation = interpolation_mode(interpolation) if isinstance(interpolation, str) else interpolation
 
     def __call__(self, img):
         if random.uniform(0, 1) > self.p:
@@ -157,7 +147,7 @@ def build_transform(cfg, is_train=True, choices=None):
     if choices is None:
         choices = cfg.INPUT.TRANSFORMS
     _check_cfg(cfg, choices)
-    normalize = Normalize(mean=cfg.INPUT.PIXEL_MEAN, std=cfg.INPUT.PIXEL_STD)
+    normalize = T.Normalize(mean=cfg.INPUT.PIXEL_MEAN, std=cfg.INPUT.PIXEL_STD)
     if is_train:
         return _build_transform_train(cfg, choices, normalize)
     return _build_transform_test(cfg, choices, normalize)
@@ -165,49 +155,49 @@ def build_transform(cfg, is_train=True, choices=None):
 
 def _build_transform_train(cfg, choices, normalize):
     print("Building transform_train")
-    interp_mode = INTERPOLATION_MODES[cfg.INPUT.INTERPOLATION]
+    interp_mode = interpolation_mode(cfg.INPUT.INTERPOLATION)
     input_size = tuple(cfg.INPUT.SIZE)
     tfm = []
 
     # A random crop produces the target size itself; otherwise resize to it first.
     if "random_crop" not in choices and "random_resized_crop" not in choices:
         print(f"+ resize to {input_size[0]}x{input_size[1]}")
-        tfm += [Resize(input_size, interpolation=interp_mode)]
+        tfm += [T.Resize(input_size, interpolation=interp_mode)]
     if "random_translation" in choices:
         print("+ random translation")
         tfm += [Random2DTranslation(input_size[0], input_size[1])]
     if "random_crop" in choices:
         print(f"+ random crop (padding = {cfg.INPUT.CROP_PADDING})")
-        tfm += [RandomCrop(input_size, padding=cfg.INPUT.CROP_PADDING)]
+        tfm += [T.RandomCrop(input_size, padding=cfg.INPUT.CROP_PADDING)]
     if "random_resized_crop" in choices:
         scale = tuple(cfg.INPUT.RRCROP_SCALE)
         print(f"+ random resized crop (size={input_size}, scale={scale})")
-        tfm += [RandomResizedCrop(input_size, scale=scale, interpolation=interp_mode)]
+        tfm += [T.RandomResizedCrop(input_size, scale=scale, interpolation=interp_mode)]
     if "random_flip" in choices:
         print("+ random flip")
-        tfm += [RandomHorizontalFlip()]
+        tfm += [T.RandomHorizontalFlip()]
     for name, policy in _POLICIES.items():
         if name in choices:
             print(f"+ {name} (torchvision AutoAugment)")
-            tfm += [AutoAugment(policy)]
+            tfm += [T.AutoAugment(T.AutoAugmentPolicy[policy])]
     if "randaugment" in choices:
         n, m = cfg.INPUT.RANDAUGMENT_N, cfg.INPUT.RANDAUGMENT_M
         print(f"+ randaugment (n={n}, m={m}; torchvision RandAugment)")
-        tfm += [RandAugment(num_ops=n, magnitude=m)]
+        tfm += [T.RandAugment(num_ops=n, magnitude=m)]
     if "colorjitter" in choices:
         b, c, s, h = (cfg.INPUT.COLORJITTER_B, cfg.INPUT.COLORJITTER_C, cfg.INPUT.COLORJITTER_S,
                       cfg.INPUT.COLORJITTER_H)
         print(f"+ color jitter (brightness={b}, contrast={c}, saturation={s}, hue={h})")
-        tfm += [ColorJitter(brightness=b, contrast=c, saturation=s, hue=h)]
+        tfm += [T.ColorJitter(brightness=b, contrast=c, saturation=s, hue=h)]
     if "randomgrayscale" in choices:
         print("+ random gray scale")
-        tfm += [RandomGrayscale(p=cfg.INPUT.RGS_P)]
+        tfm += [T.RandomGrayscale(p=cfg.INPUT.RGS_P)]
     if "gaussian_blur" in choices:
         print(f"+ gaussian blur (kernel={cfg.INPUT.GB_K})")
-        tfm += [RandomApply([GaussianBlur(cfg.INPUT.GB_K)], p=cfg.INPUT.GB_P)]
+        tfm += [T.RandomApply([T.GaussianBlur(cfg.INPUT.GB_K)], p=cfg.INPUT.GB_P)]
 
     print("+ to torch tensor of range [0, 1]")
-    tfm += [ToTensor()]
+    tfm += [T.ToTensor()]
 
     if "cutout" in choices:
         print(f"+ cutout (n_holes={cfg.INPUT.CUTOUT_N}, length={cfg.INPUT.CUTOUT_LEN})")
@@ -221,21 +211,21 @@ def _build_transform_train(cfg, choices, normalize):
     if "instance_norm" in choices:
         print("+ instance normalization")
         tfm += [InstanceNormalization()]
-    return Compose(tfm)
+    return T.Compose(tfm)
 
 
 def _build_transform_test(cfg, choices, normalize):
     print("Building transform_test")
-    interp_mode = INTERPOLATION_MODES[cfg.INPUT.INTERPOLATION]
+    interp_mode = interpolation_mode(cfg.INPUT.INTERPOLATION)
     input_size = tuple(cfg.INPUT.SIZE)
     print(f"+ resize the smaller edge to {max(input_size)}")
     print(f"+ {input_size[0]}x{input_size[1]} center crop")
     print("+ to torch tensor of range [0, 1]")
-    tfm = [Resize(max(input_size), interpolation=interp_mode), CenterCrop(input_size), ToTensor()]
+    tfm = [T.Resize(max(input_size), interpolation=interp_mode), T.CenterCrop(input_size), T.ToTensor()]
     if "normalize" in choices:
         print(f"+ normalization (mean={cfg.INPUT.PIXEL_MEAN}, std={cfg.INPUT.PIXEL_STD})")
         tfm += [normalize]
     if "instance_norm" in choices:
         print("+ instance normalization")
         tfm += [InstanceNormalization()]
-    return Compose(tfm)
+    return T.Compose(tfm)
