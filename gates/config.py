@@ -5,7 +5,10 @@ from .config_spec import FLOAT32_MAX, at_least, between, declare, declare_rule, 
 from .contract import TEST_MODES
 
 
-def add_gate_config(cfg):
+def add_gate_config(cfg, gate_names=None):
+    """Add the GATE node to `cfg`. gate_names() -> the registered gates' names, for checking
+    GATE.NAME (the caller passes its plugin manager's; gates/ names no manager instance, so that
+    it imports nothing of trainers/); None leaves GATE.NAME to the gated trainer's build."""
     cfg.GATE = CN()
     cfg.GATE.NAME = ""  # a registered gate (gatescope plugins lists them); "" = the trainer's default
     cfg.GATE.TARGET = ""  # what the gate controls; each gated trainer lists its targets; "" = default
@@ -21,19 +24,15 @@ def add_gate_config(cfg):
     cfg.GATE.ALPHA_MAX = 10.0
     cfg.GATE.PARAM_MATCHED_BIAS = False  # CoOp/CoCoOp: add a zero-initialised bias shaped like the gate
     cfg.GATE.ENCODE_MEMORY_MB = 4096  # activation cap (MiB) of one chunk of per-input prompt encodings
-    declare(cfg.GATE, NAME=registered("gate", registered_gates, empty_means="the trainer's default gate"),
+    name = (registered("gate", gate_names, empty_means="the trainer's default gate") if gate_names is not None
+            else unchecked("checked when the gated trainer builds its gate"))
+    declare(cfg.GATE, NAME=name,
             TARGET=unchecked("the gated trainer checks its own targets (GatedTrainer.config_problems)"),
             COND=unchecked("the gated trainer checks its own signals (GatedTrainer.config_problems)"),
-            LR_MULT=between(0, FLOAT32_MAX), TEST_MODE=one_of(*TEST_MODES), THRESHOLD=between(0, 1),
+            LR_MULT=between(0, FLOAT32_MAX), TEST_MODE=one_of("", *TEST_MODES), THRESHOLD=between(0, 1),
             POOL_SIZE=at_least(1), REG_SPARSITY=at_least(0), ALPHA_MAX=at_least(1), ENCODE_MEMORY_MB=at_least(1))
     declare_rule(cfg.GATE, gate_lr_is_finite)
     return cfg
-
-
-def registered_gates():
-    from .manager import get_plugins
-
-    return get_plugins().available_gates()
 
 
 def gate_lr_is_finite(cfg):

@@ -242,11 +242,11 @@ class DeclaringPlugin:
 
 def test_a_plugin_declares_its_keys_in_its_add_config_hook(demo_root, tmp_path, monkeypatch):
     import trainers
-    from gates.manager import GatescopePlugins
+    from trainers.plugins import load_plugins
 
-    plugins = GatescopePlugins(autoload=False)
+    plugins = load_plugins(autoload=False)
     plugins.register(DeclaringPlugin(), "declaring-plugin", "declaring-dist", "1.0")
-    monkeypatch.setattr("gates.manager._MANAGER", plugins)
+    monkeypatch.setattr("trainers.plugins._MANAGER", plugins)
     cfg = trainers.setup_cfg(demo_args(demo_root, tmp_path, opts=("MYPLUGIN.RANK", 2, "MYPLUGIN.SCALE", -3.0)))
     assert (cfg.MYPLUGIN.RANK, cfg.MYPLUGIN.SCALE) == (2, -3.0)  # undeclared: any float passes
     with pytest.raises(ConfigError, match=r"MYPLUGIN.RANK must be >= 1 \(a matrix rank\), got 0"):

@@ -27,6 +27,8 @@ docs/coming_from_the_study.md says what changed.
 """
 from yacs.config import CfgNode as CN
 
+from gates.config_spec import at_least, between, declare, unchecked
+
 from .adaptive_maple import AdaptiveBiDirMaPLe, add_bidir_keys, add_gated_keys
 from .engine import TRAINER_REGISTRY
 from .study_keys import set_study_key
@@ -64,6 +66,7 @@ class AdaptiveFreezeEarly(AdaptiveTrain):
         cfg.TRAINER.ADAPTIVE_FREEZE_EARLY = CN()
         add_control_keys(cfg.TRAINER.ADAPTIVE_FREEZE_EARLY)
         cfg.TRAINER.ADAPTIVE_FREEZE_EARLY.FREEZE_EPOCH = 1
+        declare(cfg.TRAINER.ADAPTIVE_FREEZE_EARLY, FREEZE_EPOCH=at_least(0, "0-based epoch"))
 
 
 @TRAINER_REGISTRY.register()
@@ -77,6 +80,7 @@ class AdaptiveAlwaysFrozen(AdaptiveTrain):
         cfg.TRAINER.ADAPTIVE_ALWAYS_FROZEN = CN()
         add_control_keys(cfg.TRAINER.ADAPTIVE_ALWAYS_FROZEN)
         cfg.TRAINER.ADAPTIVE_ALWAYS_FROZEN.GATE_LOGIT = 5.0
+        declare(cfg.TRAINER.ADAPTIVE_ALWAYS_FROZEN, GATE_LOGIT=unchecked("any logit"))
 
 
 @TRAINER_REGISTRY.register()
@@ -91,9 +95,10 @@ class AdaptiveExplicitReg(AdaptiveTrain):
         add_control_keys(cfg.TRAINER.ADAPTIVE_EXPLICIT_REG)
         cfg.TRAINER.ADAPTIVE_EXPLICIT_REG.DROPOUT_RATE = 0.1
         cfg.TRAINER.ADAPTIVE_EXPLICIT_REG.WEIGHT_DECAY = 0.01  # the study's code sets 0.01 for every tensor
+        declare(cfg.TRAINER.ADAPTIVE_EXPLICIT_REG, DROPOUT_RATE=between(0, 1, hi_open=True),
+                WEIGHT_DECAY=at_least(0))
 
 
-@TRAINER_REGISTRY.register()
 @TRAINER_REGISTRY.register()
 class ImprovedAdaptiveBiDirMaPLe(AdaptiveBiDirMaPLe):
     """AdaptiveBiDirMaPLe with the study's attempted fixes: gradient scaling and/or entropy
@@ -108,8 +113,6 @@ def resolve_study_controls(cfg):
         resolve_adaptive_bidir(cfg, improved=name == "ImprovedAdaptiveBiDirMaPLe")
     elif name == "AdaptiveFreezeEarly":
         c = cfg.TRAINER.ADAPTIVE_FREEZE_EARLY
-        if c.FREEZE_EPOCH < 0:
-            raise ValueError(f"TRAINER.ADAPTIVE_FREEZE_EARLY.FREEZE_EPOCH must be >= 0, got {c.FREEZE_EPOCH}")
         set_study_key(cfg, "REMEDY.FREEZE.AFTER_EPOCH", int(c.FREEZE_EPOCH),
                       "TRAINER.ADAPTIVE_FREEZE_EARLY.FREEZE_EPOCH")
     elif name == "AdaptiveAlwaysFrozen":
@@ -137,8 +140,6 @@ def resolve_adaptive_bidir(cfg, improved):
         set_study_key(cfg, "REMEDY.ENTROPY.DIRECTION", "flatten", source)
         set_study_key(cfg, "REMEDY.ENTROPY.REDUCTION", "sum", source)
     warmup = c.GATE_WARMUP_EPOCHS
-    if warmup < -1:
-        raise ValueError(f"{node}.GATE_WARMUP_EPOCHS must be >= 0, or -1 for the trainer's own; got {warmup}")
     if warmup == -1:
         warmup = IMPROVED_GATE_WARMUP_EPOCHS if improved else 0
     if warmup > 0:

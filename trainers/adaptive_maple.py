@@ -269,3 +269,5 @@ def add_improved_keys(node):
     node.GATE_WARMUP_EPOCHS = -1
     # The study's AdaptiveBiDirMaPLe builds its SGD with Nesterov momentum; False: OPTIM.SGD_NESTEROV decides.
     node.NESTEROV = True
+    declare(node, GRADIENT_SCALE_MAX=at_least(1, "the largest factor on the gate gradient"),
+            LAMBDA_ENTROPY=at_least(0), GATE_WARMUP_EPOCHS=at_least(-1, "-1: the trainer's own"))

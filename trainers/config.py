@@ -29,7 +29,7 @@ def extend_cfg(cfg):
     plugins = get_plugins()
     plugins.register_trainers(TRAINER_REGISTRY)
     copy_declarations(gatescope_cfg_default(), cfg)  # Dassl's own tree (GATESCOPE_ENGINE=dassl) has none
-    add_gate_config(cfg)
+    add_gate_config(cfg, gate_names=plugins.available_gates)
     add_feature_cache_config(cfg)  # DATALOADER.FEATURE_CACHE (issue 7)
     add_image_cache_config(cfg)  # DATALOADER.IMAGE_CACHE_MB (issue 7)
     done = set()
