@@ -6,6 +6,7 @@ from yacs.config import CfgNode as CN
 from gates.config import add_gate_config
 from gates.manager import get_plugins
 
+from .data.domain_tasks import add_domain_task_config
 from .data.image_cache import add_image_cache_config
 from .engine import TRAINER_REGISTRY, get_cfg_default
 from .feature_cache import add_feature_cache_config
@@ -24,6 +25,7 @@ def extend_cfg(cfg):
     add_gate_config(cfg)
     add_feature_cache_config(cfg)  # DATALOADER.FEATURE_CACHE (issue 7)
     add_image_cache_config(cfg)  # DATALOADER.IMAGE_CACHE_MB (issue 7)
+    add_domain_task_config(cfg)  # DATASET.DOMAIN_TASK: the graded controlled task's knobs (issue 14)
     done = set()
     for name in TRAINER_REGISTRY.registered_names():
         cls = TRAINER_REGISTRY.get(name)
