@@ -157,3 +157,65 @@ def test_on_the_multidomain_task_the_gate_routes_by_domain_from_patch_statistics
     else:
         assert gate["mi_domain"] < 0.2
 
+
+# ---------------------------------------------------------------- REMEDY.CLUSTER_INIT
+def test_kmeans_finds_two_separated_blobs_and_their_means():
+    from gates.remedies.cluster_init import kmeans
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(20, 3, generator=generator) * 0.1 + torch.tensor([5.0, 0.0, 0.0])
+    b = torch.randn(30, 3, generator=generator) * 0.1 - torch.tensor([5.0, 0.0, 0.0])
+    centroids, assignment, inertia = kmeans(torch.cat([a, b]), 2, n_init=3, seed=1)
+    assert len(set(assignment[:20].tolist())) == 1 and len(set(assignment[20:].tolist())) == 1
+    assert assignment[0] != assignment[20]
+    torch.testing.assert_close(centroids[assignment[0]], a.double().mean(0))
+    torch.testing.assert_close(centroids[assignment[20]], b.double().mean(0))
+    expected = float(((a.double() - a.double().mean(0)) ** 2).sum() + ((b.double() - b.double().mean(0)) ** 2).sum())
+    assert inertia == pytest.approx(expected)
+    with pytest.raises(ValueError, match="needs at least 3 points"):
+        kmeans(torch.zeros(2, 4), 3)
+
+
+def test_nearest_centroid_weights_hand_computed():
+    from gates.remedies.cluster_init import nearest_centroid_weights
+    centroids = torch.tensor([[0.0, 0.0], [4.0, 0.0]])
+    weight, bias = nearest_centroid_weights(centroids, spread=2.0, scale=1.0)
+    torch.testing.assert_close(weight, torch.tensor([[0.0, 0.0], [2.0, 0.0]], dtype=torch.float64))
+    torch.testing.assert_close(bias, torch.tensor([0.0, -4.0], dtype=torch.float64))
+    x = torch.tensor([[1.9, 3.0], [2.1, -3.0]], dtype=torch.float64)  # just left / right of the midpoint 2
+    assert (x @ weight.t() + bias).argmax(1).tolist() == [0, 1]
+
+
+def test_cluster_init_starts_the_router_at_the_clusters_of_its_conditioning(demo_root, tmp_path):
+    """Light and dark backgrounds are the clusters of the patch statistics: the router starts
+    choosing, for every training image, the k-means cluster of its conditioning."""
+    from gates.remedies import cluster_init
+    trainer = build_demo_trainer(demo_root, tmp_path, trainer="CoOpGated", opts=FAST + POOL + (
+        "DATASET.NAME", "GatescopeMultiDomain", "DATASET.NUM_SHOTS", 8, "GATE.COND", "patch_mean",
+        "REMEDY.CLUSTER_INIT.ENABLED", True))
+    head = trainer.gate_head
+    conds = cluster_init.training_conditions(trainer, [head])[head]
+    _, assignment, _ = cluster_init.kmeans(conds, 2, trainer.cfg.REMEDY.CLUSTER_INIT.N_INIT, trainer.cfg.SEED)
+    rng = torch.random.get_rng_state()
+    cluster_init.before_train(trainer, trainer.cfg.REMEDY)
+    assert torch.equal(torch.random.get_rng_state(), rng)  # the run's random stream is untouched
+    with torch.no_grad():
+        choices = head.gate(conds).argmax(1)
+    assert torch.equal(choices, assignment)
+    # ... and the clusters are the domains: on every training image the router picks by domain.
+    from diagnostics.metrics import normalized_mutual_information
+    batch = next(iter(torch.utils.data.DataLoader(trainer.train_loader_x.dataset, batch_size=1000)))
+    with torch.no_grad():
+        choices = head.gate(trainer.model.backbone.patch_mean(batch["img"])).argmax(1)
+    assert normalized_mutual_information(choices, batch["domain"]) == pytest.approx(1.0)
+
+
+def test_cluster_init_refuses_an_mlp_router_and_a_second_logit_setter(demo_root, tmp_path):
+    pool = ("GATE.NAME", "softmax", "GATE.TARGET", "pool", "REMEDY.CLUSTER_INIT.ENABLED", True)
+    hidden = build_demo_trainer(demo_root, tmp_path / "a", trainer="CoOpGated",
+                                opts=FAST + pool + ("GATE.SOFTMAX.HIDDEN", 8))
+    with pytest.raises(Exception, match="needs logits linear in the conditioning"):
+        hidden.train()
+    both = build_demo_trainer(demo_root, tmp_path / "b", trainer="CoOpGated",
+                              opts=FAST + pool + ("REMEDY.INIT.ENABLED", True))
+    with pytest.raises(Exception, match="REMEDY.CLUSTER_INIT and REMEDY.INIT both set"):
+        both.train()
