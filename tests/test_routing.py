@@ -1,13 +1,14 @@
 """What makes a gate route by domain (issue 14): patch-statistics conditioning and hard-EM."""
 import json
 import math
+import os
 import os.path as osp
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import build_demo_trainer
+from conftest import REPO, build_demo_trainer, demo_args
 from gates import hookimpl
 from gates.manager import get_plugins
 from trainers.hard_em import hard_em_assignment, hard_em_losses, option_log_likelihood
@@ -141,22 +142,29 @@ def read_gate_summary(output_dir):
         return next(iter(json.load(f)["gates"].values()))
 
 
+ROUTING_CONFIG = os.path.join(REPO, "configs", "trainers", "CoOpGated", "demo_pool2_patchmean_hardem.yaml")
+
+
 @pytest.mark.parametrize("cond,routes", [("patch_mean", True), ("image_feature", False)])
 def test_on_the_multidomain_task_the_gate_routes_by_domain_from_patch_statistics(demo_root, tmp_path, cond, routes):
-    """The regime of docs/study.md's "When gating works": on the multi-domain task a hard-EM
-    pool gate conditioned on the patch statistics chooses its prompt by domain (mutual
-    information with the domain near ln 2) and replacing it by its training mean costs accuracy;
-    from the last image feature, where the domain is a minor direction, it does not route."""
-    trainer = build_demo_trainer(demo_root, tmp_path, trainer="CoOpGated", opts=(
-        "DATASET.NAME", "GatescopeMultiDomain", "OPTIM.MAX_EPOCH", 5, "GATE.COND", cond, "GATE.TEST_MODE", "hard")
-        + POOL + HARD_EM)
+    """The regime of the routing config (issue 14): on the multi-domain task a hard-EM pool gate
+    conditioned on the patch statistics chooses its prompt by domain (mutual information with the
+    domain near ln 2) and replacing it by its training mean costs accuracy; from the last image
+    feature, where the domain is a minor direction, it does not route."""
+    import trainers
+    from trainers.engine import build_trainer
+    from trainers.engine.utils import set_random_seed
+    cfg = trainers.setup_cfg(demo_args(demo_root, tmp_path, "CoOpGated", config=ROUTING_CONFIG,
+                                       opts=("OPTIM.MAX_EPOCH", 5, "GATE.COND", cond)))
+    assert cfg.DATASET.NAME == "GatescopeMultiDomain" and cfg.GATE.HARD_EM.ENABLED
+    set_random_seed(cfg.SEED)
+    trainer = build_trainer(cfg)
     trainer.train()
     gate = read_gate_summary(trainer.output_dir)
     if routes:
         assert gate["mi_domain"] > 0.5 and gate["delta_acc"] > 0
     else:
         assert gate["mi_domain"] < 0.2
-
 
 # ---------------------------------------------------------------- REMEDY.CLUSTER_INIT
 def test_kmeans_finds_two_separated_blobs_and_their_means():
