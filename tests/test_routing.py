@@ -155,7 +155,7 @@ def test_on_the_multidomain_task_the_gate_routes_by_domain_from_patch_statistics
     from trainers.engine import build_trainer
     from trainers.engine.utils import set_random_seed
     cfg = trainers.setup_cfg(demo_args(demo_root, tmp_path, "CoOpGated", config=ROUTING_CONFIG,
-                                       opts=("OPTIM.MAX_EPOCH", 5, "GATE.COND", cond)))
+                                       opts=("OPTIM.MAX_EPOCH", 10, "GATE.COND", cond)))
     assert cfg.DATASET.NAME == "GatescopeMultiDomain" and cfg.GATE.HARD_EM.ENABLED
     set_random_seed(cfg.SEED)
     trainer = build_trainer(cfg)
