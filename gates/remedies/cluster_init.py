@@ -11,8 +11,8 @@ step each prompt sees one cluster; training then fine-tunes the router. It helps
 domain is the dominant structure of the conditioning (k-means finds it), e.g. the patch
 statistics (GATE.COND patch_mean) of tinted or light/dark backgrounds, not the last image
 feature of a CLIP trained on shapes (its clusters are shapes); elsewhere it locks in another
-split. With well-separated clusters, SCALE 1 gives logit gaps of |c_j - c_k|^2 / (2 s2) (about 16
-for light/dark patch statistics): the router starts saturated and hardly moves, i.e. one prompt
+split. With well-separated clusters, SCALE 1 gives logit gaps of |c_j - c_k|^2 / (2 s2) at a centroid (11.9
+for the multi-domain task's patch statistics): the router starts saturated and hardly moves, i.e. one prompt
 per cluster; a smaller SCALE leaves the router room to learn.
 
 For a gate whose logits are linear in the conditioning x, z = W x + b (softmax with HIDDEN 0,
