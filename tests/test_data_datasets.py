@@ -129,7 +129,7 @@ def test_split_file_datasets_read_coops_layout(tmp_path, name):
 
 
 # Generated on first use (the demo and the controlled benchmark's tasks), or built from any folder.
-GENERATED = {"GatescopeDemo", "GatescopeHomogeneous", "GatescopeMultiDomain", "ImageFolder"}
+GENERATED = {"GatescopeDemo", "GatescopeHomogeneous", "GatescopeMultiDomain", "GatescopeGraded", "ImageFolder"}
 
 
 @pytest.mark.parametrize("name", sorted(set(DATASET_REGISTRY.registered_names()) - GENERATED))

@@ -1,9 +1,14 @@
 """The controlled benchmark has the property it claims: the best prompt depends on the domain."""
+import json
+import os
+
+import numpy as np
 import pytest
 
 from conftest import build_demo_trainer
 from trainers.data.demo_images import DEMO_CLASSES
-from trainers.data.domain_tasks import label_of
+from trainers.data.domain_tasks import (GENERATOR_VERSION, GRADED, TINT_AMPLITUDE, GradedSpec, ensure_domain_task,
+                                        generate_domain_task, label_of, stored_generator_version)
 
 
 def test_tasks_are_written_in_the_demo_layout_with_domain_dependent_labels(demo_root, tmp_path):
@@ -29,21 +34,100 @@ def test_source_domains_keep_one_domain_and_name_bad_ones(demo_root, tmp_path):
             "DATASET.NAME", "GatescopeMultiDomain", "DATASET.SOURCE_DOMAINS", '["sketch"]'))
 
 
-def test_an_oracle_with_one_prompt_per_domain_beats_a_single_prompt(demo_root, tmp_path):
-    """Trained on both domains, one CoOp prompt must serve two label mappings; an oracle that is
-    told the domain and trains one prompt per domain does not. Its accuracy on the whole test set
-    is the mean of its per-domain accuracies (the domains have equally many test images)."""
-    task = ("DATASET.NAME", "GatescopeMultiDomain")
-    single = build_demo_trainer(demo_root, tmp_path / "single", opts=task)
+def oracle_and_single_prompt(demo_root, tmp_path, task, domains, epochs=None):
+    """(accuracy of one CoOp prompt trained on every domain, the oracle's accuracy, the oracle's
+    per-domain accuracies). The oracle is told the domain and trains one prompt per domain
+    (DATASET.SOURCE_DOMAINS); its accuracy on the whole test set is the mean of its per-domain
+    accuracies (every domain has equally many test images)."""
+    opts = tuple(task) + (("OPTIM.MAX_EPOCH", epochs) if epochs else ())
+    single = build_demo_trainer(demo_root, tmp_path / "single", opts=opts)
     single.train()
-    single_acc = single.test()["accuracy"]
     per_domain = []
-    for domain in ("light", "dark"):
-        oracle = build_demo_trainer(demo_root, tmp_path / domain,
-                                    opts=task + ("DATASET.SOURCE_DOMAINS", f'["{domain}"]'))
+    for domain in domains:
+        oracle = build_demo_trainer(demo_root, tmp_path / domain, opts=opts + ("DATASET.SOURCE_DOMAINS", f'["{domain}"]'))
         oracle.train()
         per_domain.append(oracle.test()["accuracy"])
-    oracle_acc = sum(per_domain) / 2
-    print(f"single prompt {single_acc:.1f}%, oracle {oracle_acc:.1f}% (light {per_domain[0]:.1f}, "
-          f"dark {per_domain[1]:.1f})")
+    return single.test()["accuracy"], sum(per_domain) / len(per_domain), per_domain
+
+
+ORACLE_TASKS = {
+    # Trained on both domains, one CoOp prompt must serve two label mappings; the oracle does not.
+    "multidomain": (("DATASET.NAME", "GatescopeMultiDomain"), ("light", "dark"), None),
+    # The graded family at full strength: two mappings over two tints, and one mapping per tint
+    # over three (10 epochs suffice for the gap).
+    "graded-s1-n2-swap": (("DATASET.NAME", "GatescopeGraded"), ("tint0", "tint1"), 10),
+    "graded-s1-n3-shift": (("DATASET.NAME", "GatescopeGraded", "DATASET.DOMAIN_TASK.NUM_DOMAINS", 3,
+                            "DATASET.DOMAIN_TASK.LABELS", "shift"), ("tint0", "tint1", "tint2"), 10),
+}
+
+
+@pytest.mark.parametrize("name", list(ORACLE_TASKS))
+def test_an_oracle_with_one_prompt_per_domain_beats_a_single_prompt(demo_root, tmp_path, name):
+    task, domains, epochs = ORACLE_TASKS[name]
+    single_acc, oracle_acc, per_domain = oracle_and_single_prompt(demo_root, tmp_path, task, domains, epochs)
+    print(f"{name}: single prompt {single_acc:.1f}%, oracle {oracle_acc:.1f}% (per domain "
+          f"{', '.join(f'{d} {a:.1f}' for d, a in zip(domains, per_domain))})")
     assert oracle_acc > single_acc + 5.0
+
+
+def test_graded_task_labels_domains_and_folder_follow_its_knobs(demo_root, tmp_path):
+    trainer = build_demo_trainer(demo_root, tmp_path, opts=(
+        "DATASET.NAME", "GatescopeGraded", "DATASET.DOMAIN_TASK.STRENGTH", 0.5, "DATASET.DOMAIN_TASK.NUM_DOMAINS", 3,
+        "DATASET.DOMAIN_TASK.LABELS", "shift"))
+    dataset = trainer.dm.dataset
+    assert dataset.dataset_dir == os.path.join(demo_root, "gatescope_graded", "s0.50_n3_shift")
+    assert {item.domain for item in dataset.test} == {0, 1, 2} and len(dataset.test) == 3 * 10 * 8
+    for item in dataset.test:
+        shape = next(s for s in DEMO_CLASSES if f"_{s}_" in item.impath)
+        assert f"_tint{item.domain}_" in item.impath
+        assert item.label == (DEMO_CLASSES.index(shape) + item.domain) % 10
+    with open(os.path.join(dataset.dataset_dir, "metadata.json")) as f:
+        metadata = json.load(f)
+    assert metadata["graded"] == {"strength": 0.5, "num_domains": 3, "labels": "shift"}
+    assert metadata["generator_version"] == GENERATOR_VERSION
+    # "swap" is the multi-domain task's mapping on odd domains; "same" ignores the domain.
+    swap, same = GradedSpec(num_domains=4, labels="swap"), GradedSpec(labels="same")
+    assert [swap.label_of(2, d) for d in range(4)] == [2, 3, 2, 3] and swap.num_mappings == 2
+    assert [same.label_of(5, d) for d in range(2)] == [5, 5] and same.num_mappings == 1
+
+
+def test_graded_strength_scales_the_tint_and_zero_makes_the_domains_alike():
+    for spec in (GradedSpec(strength=0.0, num_domains=3), GradedSpec(strength=1.0, num_domains=3)):
+        tints = np.stack([spec.tint(d) for d in range(3)])
+        np.testing.assert_allclose(tints.sum(1), 0.0, atol=1e-9)  # orthogonal to grey: no brightness change
+        np.testing.assert_allclose(np.abs(tints).max(), spec.strength * TINT_AMPLITUDE, atol=1e-9)
+    alike = GradedSpec(strength=0.0)
+    for d in range(2):
+        background, _ = alike.style(d)(np.random.default_rng(1), 8)
+        assert np.ptp(background[0, 0]) == 0  # plain grey in every domain
+    strong = GradedSpec(strength=1.0)
+    (b0, _), (b1, _) = (strong.style(d)(np.random.default_rng(1), 8) for d in range(2))
+    np.testing.assert_allclose(b0[0, 0] - b1[0, 0], 2 * strong.tint(0))  # same grey drawn: the tints differ
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("STRENGTH", 1.5, r"STRENGTH must lie in \[0, 1\]"),
+    ("NUM_DOMAINS", 9, r"NUM_DOMAINS must lie in \[2, 6\]"),
+    ("LABELS", "random", r"LABELS must be one of \('swap', 'shift', 'same'\)"),
+])
+def test_graded_task_knobs_are_checked(demo_root, tmp_path, key, value, message):
+    with pytest.raises(ValueError, match=message):
+        build_demo_trainer(demo_root, tmp_path, opts=("DATASET.NAME", "GatescopeGraded", f"DATASET.DOMAIN_TASK.{key}", value))
+
+
+def test_a_task_folder_of_another_generator_version_is_written_again(tmp_path):
+    folder = str(tmp_path / "task")
+    generate_domain_task(folder, GRADED, spec=GradedSpec(num_domains=2))
+    marker = os.path.join(folder, "marker")
+    open(marker, "w").close()
+    ensure_domain_task(folder, GRADED, GradedSpec(num_domains=2))  # current version: kept as it is
+    assert os.path.isfile(marker)
+    meta_path = os.path.join(folder, "metadata.json")
+    with open(meta_path) as f:
+        metadata = json.load(f)
+    metadata["generator_version"] = GENERATOR_VERSION - 1
+    with open(meta_path, "w") as f:
+        json.dump(metadata, f)
+    ensure_domain_task(folder, GRADED, GradedSpec(num_domains=2))
+    assert not os.path.exists(marker) and stored_generator_version(folder) == GENERATOR_VERSION
+    assert not [p for p in os.listdir(tmp_path) if p != "task"]  # no stale or temporary folder left behind

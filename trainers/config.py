@@ -8,6 +8,7 @@ from gates.config import add_gate_config
 from gates.config_spec import MissingPathError, closest_path, copy_declarations, declare, one_of, unchecked, validate
 
 from .config_sources import ConfigSources
+from .data.domain_tasks import add_domain_task_config
 from .data.image_cache import add_image_cache_config
 from .data.registry import resolve_dataset
 from .engine import TRAINER_REGISTRY, get_cfg_default
@@ -32,6 +33,7 @@ def extend_cfg(cfg):
     add_gate_config(cfg, gate_names=plugins.available_gates)
     add_feature_cache_config(cfg)  # DATALOADER.FEATURE_CACHE (issue 7)
     add_image_cache_config(cfg)  # DATALOADER.IMAGE_CACHE_MB (issue 7)
+    add_domain_task_config(cfg)  # DATASET.DOMAIN_TASK: the graded controlled task's knobs (issue 14)
     done = set()
     for name in TRAINER_REGISTRY.registered_names():
         cls = TRAINER_REGISTRY.get(name)

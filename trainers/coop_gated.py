@@ -7,25 +7,33 @@ Targets (GATE.TARGET):
 - `prefix` (simplex, K = N_CTX): a distribution over prefix lengths 1..N_CTX; the text features
   of each length are computed once per step (K encodes of C prompts) and mixed per image;
 - `pool` (simplex, K = GATE.POOL_SIZE): a distribution over P learnable prompts, mixed the same way.
-Conditioning (GATE.COND): `image_feature`, the frozen CLIP image feature that CoOp computes anyway.
+Conditioning (GATE.COND): `image_feature`, the frozen CLIP image feature that CoOp computes
+anyway (normalised); or `patch_mean`, the mean patch embedding before the first transformer layer
+(low-level statistics such as colour, which the last layers may drop; it needs the images, so the
+image-feature cache is not used).
+Training of the simplex targets: a soft mixture (default), or hard-EM (GATE.HARD_EM.ENABLED, see
+trainers/hard_em.py): each image trains only the option chosen for it, the gate learns the choice.
 A constant gate of 1 (or a one-hot simplex on the full prompt) gives CoOp's logits exactly.
 The study's keys TRAINER.COOP.USE_GATE etc. select this trainer (see study_keys.py).
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from yacs.config import CfgNode as CN
 
 from .backbone.adapter import cosine_logits
 from .coop import CoOp, CoOpCLIP, CoOpPromptLearner
 from .engine import TRAINER_REGISTRY
 from .feature_cache import image_features_of
 from .gating import GatedTrainer
+from .hard_em import check_router, hard_em_losses, router_log_probs
 from .prompting import ClassPromptTemplate, init_context, prompts_per_chunk
 from .study_keys import add_study_gate_keys, resolve_study_keys
 
 
 class CoOpGatedPromptLearner(CoOpPromptLearner):
-    def __init__(self, backbone, classnames, c, target, build_gate, pool_size, memory_mb, param_matched=False):
+    def __init__(self, backbone, classnames, c, target, build_gate, pool_size, memory_mb, param_matched=False,
+                 cond_dim=None):
         super().__init__(backbone, classnames, c.N_CTX, c.CTX_INIT, c.CSC, c.CLASS_TOKEN_POSITION)
         n, width = self.template.n_ctx, backbone.ctx_dim
         self.target = target
@@ -39,7 +47,7 @@ class CoOpGatedPromptLearner(CoOpPromptLearner):
             self.prefix_templates = nn.ModuleList(
                 ClassPromptTemplate(backbone, classnames, k, " ".join(["X"] * k)) for k in range(1, n))
         num_options = {"length": n, "token_dim": n * width, "prefix": n, "pool": pool_size}[target]
-        self.gate = build_gate(num_options, backbone.embed_dim)
+        self.gate = build_gate(num_options, cond_dim or backbone.embed_dim)
         # The study's parameter-matched baseline: an additive bias with the gate's shape.
         self.ctx_bias = nn.Parameter(torch.zeros(n, 1 if target == "length" else width, dtype=self.ctx.dtype)) \
             if param_matched else None
@@ -56,11 +64,12 @@ class CoOpGatedPromptLearner(CoOpPromptLearner):
         return torch.stack([F.normalize(backbone.encode_text(p, t.eot_idx), dim=-1)
                             for p, t in zip(prompts, templates)])
 
-    def text_features(self, backbone, g):
-        """(C, D) when the gate does not depend on the input, else (B, C, D)."""
+    def text_features(self, backbone, g, options=None):
+        """(C, D) when the gate does not depend on the input, else (B, C, D). `options`: the
+        (K, C, D) option_text_features of a simplex target when already computed."""
         per_input = self.gate.input_dependent
         if self.target in ("prefix", "pool"):
-            options = self.option_text_features(backbone)
+            options = self.option_text_features(backbone) if options is None else options
             if not per_input:
                 return torch.einsum("k,kcd->cd", g[0], options)
             return torch.einsum("bk,kcd->bcd", g, options)
@@ -80,10 +89,31 @@ class CoOpGatedPromptLearner(CoOpPromptLearner):
 
 
 class CoOpGatedCLIP(CoOpCLIP):
+    def __init__(self, prompt_learner, backbone, cond="image_feature", keep_option_logits=False):
+        super().__init__(prompt_learner, backbone)
+        self.cond = cond
+        # Hard-EM: in training, keep the (B, K, C) class logits under each option for the loss.
+        self.keep_option_logits = keep_option_logits
+        self.last_option_logits = None
+
+    def condition(self, image, image_features):
+        if self.cond == "image_feature":
+            return F.normalize(image_features, dim=-1)
+        if image.dim() == 2:
+            raise ValueError(f"GATE.COND {self.cond} reads the images, but the batch holds cached image features; "
+                             "set DATALOADER.FEATURE_CACHE.ENABLED False")
+        return self.backbone.patch_mean(image)
+
     def forward(self, image):
         image_features = image_features_of(self.backbone, image)  # (B, D) cached features pass through
-        g = self.prompt_learner.gate(F.normalize(image_features, dim=-1))
-        text = self.prompt_learner.text_features(self.backbone, g)
+        learner = self.prompt_learner
+        g = learner.gate(self.condition(image, image_features))
+        options = None
+        if self.keep_option_logits and self.training:
+            options = learner.option_text_features(self.backbone)  # (K, C, D)
+            scale = self.backbone.logit_scale
+            self.last_option_logits = torch.stack([cosine_logits(image_features, t, scale) for t in options], 1)
+        text = learner.text_features(self.backbone, g, options)
         return cosine_logits(image_features, text, self.backbone.logit_scale)
 
 
@@ -91,12 +121,18 @@ class CoOpGatedCLIP(CoOpCLIP):
 class CoOpGated(GatedTrainer, CoOp):
     PARENT_TRAINER = "CoOp"
     TARGETS = {"length": "mask", "token_dim": "mask", "prefix": "simplex", "pool": "simplex"}
-    CONDS = ("image_feature",)
+    CONDS = ("image_feature", "patch_mean")
     DEFAULT_TARGET = "length"
+    SIMPLEX_TARGETS = ("prefix", "pool")
 
     @staticmethod
     def add_config(cfg):
         add_study_gate_keys(cfg.TRAINER.COOP)
+        # Hard-EM for the simplex targets (trainers/hard_em.py).
+        cfg.GATE.HARD_EM = CN()
+        cfg.GATE.HARD_EM.ENABLED = False  # each image trains only its chosen option; the gate learns the choice
+        cfg.GATE.HARD_EM.PRIOR = True  # E-step argmax of log p_k(y|x) + log pi_k(x); False: of log p_k(y|x)
+        cfg.GATE.HARD_EM.ROUTER_WEIGHT = 1.0  # w of the router loss w * mean -log pi_k*(x)
 
     @staticmethod
     def resolve_config(cfg):
@@ -105,7 +141,41 @@ class CoOpGated(GatedTrainer, CoOp):
     def build_custom_clip(self, cfg, classnames, backbone):
         if cfg.GATE.PARAM_MATCHED_BIAS and self.gate_target not in ("length", "token_dim"):
             raise ValueError("GATE.PARAM_MATCHED_BIAS needs GATE.TARGET length or token_dim")
+        hard_em = cfg.GATE.HARD_EM.ENABLED
+        if hard_em and self.gate_target not in self.SIMPLEX_TARGETS:
+            raise ValueError(f"GATE.HARD_EM chooses one option per image, so it needs GATE.TARGET "
+                             f"{' or '.join(self.SIMPLEX_TARGETS)}, not {self.gate_target!r}")
+        if hard_em and cfg.GATE.HARD_EM.ROUTER_WEIGHT < 0:
+            raise ValueError(f"GATE.HARD_EM.ROUTER_WEIGHT must be >= 0, got {cfg.GATE.HARD_EM.ROUTER_WEIGHT}")
+        cond = self.gate_cond  # validates GATE.COND
+        cond_dim = backbone.vis_dim if cond == "patch_mean" else backbone.embed_dim
+        if cond == "patch_mean" and not backbone.is_vit:
+            raise ValueError("GATE.COND patch_mean reads the patch embedding of a ViT image tower; "
+                             f"{cfg.MODEL.BACKBONE.NAME} has a ResNet: use GATE.COND image_feature")
         learner = CoOpGatedPromptLearner(backbone, classnames, cfg.TRAINER.COOP, self.gate_target, self.build_gate,
-                                         cfg.GATE.POOL_SIZE, cfg.GATE.ENCODE_MEMORY_MB, cfg.GATE.PARAM_MATCHED_BIAS)
-        _ = self.gate_cond  # validates GATE.COND
-        return CoOpGatedCLIP(learner, backbone)
+                                         cfg.GATE.POOL_SIZE, cfg.GATE.ENCODE_MEMORY_MB, cfg.GATE.PARAM_MATCHED_BIAS,
+                                         cond_dim)
+        if hard_em:
+            check_router(learner.gate.gate, self.gate_name)
+        return CoOpGatedCLIP(learner, backbone, cond, keep_option_logits=hard_em)
+
+    def feature_cache_plan(self):
+        if self.gate_cond != "image_feature":
+            return None, f"GATE.COND {self.gate_cond} reads the images, which the image-feature cache does not hold"
+        return super().feature_cache_plan()
+
+    def compute_losses(self, output, label):
+        """The gated losses; with GATE.HARD_EM, "ce" is the hard-EM loss of each image under its
+        chosen option and "hard_em_router" trains the gate to predict the choice."""
+        losses = super().compute_losses(output, label)
+        node = self.cfg.GATE.HARD_EM
+        if node.ENABLED and self.model.last_option_logits is not None:
+            head = self.gate_head
+            em, assignment = hard_em_losses(self.model.last_option_logits, label,
+                                            router_log_probs(head.gate, head.gate_name), node.PRIOR,
+                                            node.ROUTER_WEIGHT)
+            self.model.last_option_logits = None  # used once: a stale value never trains the next step
+            self.hard_em_assignment = assignment
+            losses["ce"] = em["ce"]
+            losses["hard_em_router"] = em["router"]
+        return losses

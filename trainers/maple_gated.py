@@ -32,9 +32,7 @@ class MaPLeGatedCLIP(DeepPromptCLIP):
     def condition(self, image):
         if self.cond == "image_feature":
             return F.normalize(self.backbone.encode_image(image), dim=-1)
-        visual = self.backbone.clip.visual
-        patches = visual.conv1(image.to(self.backbone.dtype))  # (B, width, grid, grid)
-        return patches.flatten(2).mean(-1)
+        return self.backbone.patch_mean(image)
 
     def forward(self, image):
         gates = self.prompt_learner.gate(self.condition(image))

@@ -16,6 +16,8 @@ Remedy (module): keys -- failure mode targeted
 - warmup: REMEDY.WARMUP.{EPOCHS, MODE freeze_prompts|fix_gate} -- gate degradation by
   co-adaptation with the faster prompts
 - initialization: REMEDY.INIT.{ENABLED, LOGIT, WEIGHT_SCALE} -- saturation from the start
+- cluster_init: REMEDY.CLUSTER_INIT.{ENABLED, SCALE, N_INIT} -- mixed early routing: a router
+  starts at a k-means clustering of its conditioning (domain discovery), then is fine-tuned
 - freeze (study control): REMEDY.FREEZE.{AFTER_EPOCH, ALWAYS, LOGIT} -- is the learnt gate
   better than a frozen one?
 - explicit_reg (study control): REMEDY.EXPLICIT_REG.{WEIGHT_DECAY, CTX_DROPOUT} -- is the gain
@@ -34,12 +36,14 @@ pluggy's trylast, after every other listener: the diagnostics record the raw gra
 (they are tryfirst) and what the optimizer received in after_step.
 """
 from ..hookspecs import hookimpl
-from . import balance, entropy, explicit_reg, freeze, gradnorm, initialization, temperature, warmup, zloss
+from . import (balance, cluster_init, entropy, explicit_reg, freeze, gradnorm, initialization, temperature, warmup,
+               zloss)
 from .common import remedy_cfg
 
 # Order matters in after_backward: gradnorm reads both groups' raw gradients before a freeze
 # removes one of them.
-REMEDY_MODULES = (gradnorm, balance, entropy, zloss, temperature, warmup, initialization, freeze, explicit_reg)
+REMEDY_MODULES = (gradnorm, balance, entropy, zloss, temperature, warmup, initialization, cluster_init, freeze,
+                  explicit_reg)
 
 
 def _each(stage):

@@ -227,6 +227,17 @@ class ClipBackbone(nn.Module):
         return self.encode_text(self.token_embedding(tokens), self.eot_positions(tokens))
 
     # ---------------------------------------------------------------- image
+    def patch_mean(self, images):
+        """(B, vis_dim) mean over the patches of the frozen patch embedding (the ViT's conv1),
+        before any transformer layer: a cheap summary of an image's low-level statistics
+        (colour, brightness), which the last layers of a CLIP trained for semantics may drop.
+        Gates read it as GATE.COND patch_mean. Raises ValueError for a ResNet image tower."""
+        if not self.is_vit:
+            raise ValueError("GATE.COND patch_mean reads the patch embedding of a ViT image tower; this backbone "
+                             "has a ResNet: use GATE.COND image_feature")
+        patches = self.clip.visual.conv1(images.to(self.dtype))  # (B, width, grid, grid)
+        return patches.flatten(2).mean(-1)
+
     def encode_image(self, images, prompts=None, deep_prompts=None):
         """Image features, optionally with visual prompt tokens (ViT towers only).
 

@@ -1,13 +1,15 @@
-"""The controlled benchmark's two tasks (see trainers/data/domain_tasks.py), generated on first use.
+"""The controlled benchmark's tasks (see trainers/data/domain_tasks.py), generated on first use.
 
 `GatescopeHomogeneous`: one domain; `GatescopeMultiDomain`: two domains whose label mappings
-differ. `DATASET.SOURCE_DOMAINS` (e.g. ["dark"]) keeps only the named domains in every split:
-the oracle of the benchmark trains one prompt per domain this way.
+differ; `GatescopeGraded`: the graded family, its knobs under `DATASET.DOMAIN_TASK` (STRENGTH,
+NUM_DOMAINS, LABELS), each setting in its own folder `gatescope_graded/<s..._n..._labels>`.
+`DATASET.SOURCE_DOMAINS` (e.g. ["dark"]) keeps only the named domains in every split: the
+oracle of the benchmark trains one prompt per domain this way.
 """
 import os.path as osp
 
 from ..derived_cache import generated_dataset_root
-from ..domain_tasks import SPLIT_FILE, TASKS, ensure_domain_task
+from ..domain_tasks import GRADED, SPLIT_FILE, TASKS, GradedSpec, ensure_domain_task
 from ..registry import DATASET_REGISTRY
 from ..split_dataset import SplitFileDataset
 
@@ -17,6 +19,7 @@ class DomainTaskDataset(SplitFileDataset):
     image_subdir = "images"
     split_file = SPLIT_FILE
     missing_split_hint = "the domain task is incomplete: delete its folder and it is generated again"
+    spec = None  # a GradedSpec for the graded task
 
     @classmethod
     def root_of(cls, cfg):
@@ -31,7 +34,7 @@ class DomainTaskDataset(SplitFileDataset):
         super().__init__(cfg)
 
     def read_splits(self):
-        ensure_domain_task(self.dataset_dir, self.task)
+        ensure_domain_task(self.dataset_dir, self.task, self.spec)
         splits = super().read_splits()
         if not self.keep_domains:
             return splits
@@ -53,3 +56,22 @@ class GatescopeMultiDomain(DomainTaskDataset):
     task = "multidomain"
     dataset_dir = "gatescope_multidomain"
     domains = list(TASKS["multidomain"]["domains"])
+
+
+@DATASET_REGISTRY.register()
+class GatescopeGraded(DomainTaskDataset):
+    task = GRADED
+    dataset_dir = "gatescope_graded"  # the parent folder; each setting has a subfolder
+
+    def __init__(self, cfg):
+        self.spec = GradedSpec.from_cfg(cfg)
+        self.domains = list(self.spec.domains)
+        super().__init__(cfg)
+
+    def read_splits(self):
+        # Each setting in its own subfolder (SplitFileDataset pointed the paths at the parent).
+        self.dataset_dir = osp.join(self.root, type(self).dataset_dir, self.spec.folder)
+        self.image_dir = osp.join(self.dataset_dir, self.image_subdir)
+        self.split_path = osp.join(self.dataset_dir, self.split_file)
+        self.split_fewshot_dir = osp.join(self.dataset_dir, "split_fewshot")
+        return super().read_splits()
