@@ -30,6 +30,8 @@ from yacs.config import CfgNode as CN
 import torch
 import torch.nn as nn
 
+from ..config_spec import above, at_least, declare, declare_rule
+from ..plumbing import fork_rng
 from .common import learnable_heads, tell_once
 
 MAX_ITERS = 100
@@ -40,18 +42,19 @@ def add_config(remedy_cfg):
     remedy_cfg.CLUSTER_INIT.ENABLED = False
     remedy_cfg.CLUSTER_INIT.SCALE = 1.0  # sharpness: logit gap per within-cluster variance (formula above)
     remedy_cfg.CLUSTER_INIT.N_INIT = 10  # k-means restarts; the lowest inertia wins
+    declare(remedy_cfg.CLUSTER_INIT, SCALE=above(0), N_INIT=at_least(1))
+    declare_rule(remedy_cfg.CLUSTER_INIT, one_starting_router)
 
 
-def check(trainer, cfg):
-    node = cfg.CLUSTER_INIT
-    if not node.ENABLED:
-        return
-    if not node.SCALE > 0 or node.N_INIT < 1:
-        raise ValueError(f"REMEDY.CLUSTER_INIT needs SCALE > 0 and N_INIT >= 1, got {node.SCALE}, {node.N_INIT}")
-    for other, on in (("REMEDY.INIT", cfg.INIT.ENABLED), ("REMEDY.FREEZE.ALWAYS", cfg.FREEZE.ALWAYS)):
+def one_starting_router(cfg):
+    node = cfg.REMEDY
+    if not node.CLUSTER_INIT.ENABLED:
+        return None
+    for other, on in (("REMEDY.INIT.ENABLED", node.INIT.ENABLED), ("REMEDY.FREEZE.ALWAYS", node.FREEZE.ALWAYS)):
         if on:
-            raise ValueError(f"REMEDY.CLUSTER_INIT and {other} both set the gate's starting logits; "
-                             "switch one of them off")
+            return "REMEDY.CLUSTER_INIT.ENABLED", (f"REMEDY.CLUSTER_INIT and {other} both set the gate's starting "
+                                                   "logits; switch one of them off")
+    return None
 
 
 def kmeans(x, k, n_init=10, seed=0, max_iters=MAX_ITERS):
@@ -92,14 +95,13 @@ def _kmeans_pp_seeds(x, k, generator):
 
 
 def linear_router_layer(head):
-    """The Linear that maps the conditioning straight to the gate's logits, or a ValueError naming
-    the gate (an MLP router or a gate without such a layer cannot be set to nearest-centroid)."""
+    """The Linear that maps the conditioning straight to the gate's logits (the gate's
+    `output_layer()` when it reads the conditioning itself), or a ValueError naming the gate (an
+    MLP router, or a gate without such a layer, cannot be set to nearest-centroid scores)."""
     gate = head.gate
-    net = getattr(gate, "net", None)
-    if isinstance(net, nn.Linear):
-        return net
-    if isinstance(net, nn.Sequential) and len(net) == 1 and isinstance(net[0], nn.Linear):
-        return net[0]
+    layer = gate.output_layer() if hasattr(gate, "output_layer") else None
+    if isinstance(layer, nn.Linear) and layer.in_features == getattr(gate, "cond_dim", None):
+        return layer
     raise ValueError(f"REMEDY.CLUSTER_INIT sets a router's logits to nearest-centroid scores, which needs logits "
                      f"linear in the conditioning; gate '{head.gate_name}' on '{head.name}' has none (use GATE.NAME "
                      "softmax with GATE.SOFTMAX.HIDDEN 0, or gumbel)")
@@ -112,7 +114,7 @@ def nearest_centroid_weights(centroids, spread, scale=1.0):
 
 
 @torch.no_grad()
-def training_conditions(trainer, heads):
+def training_conditions(context, heads):
     """{head: (N, D) the conditioning each head reads, over the whole training set}, collected in
     eval mode under a forked RNG (the run's random stream is untouched) and without the heads'
     listeners (no hook sees these forward passes)."""
@@ -125,37 +127,38 @@ def training_conditions(trainer, heads):
             return cond
         return keep
 
-    was_training = trainer.model.training
+    model = context.model
+    was_training = model.training
     try:
         for head in heads:
             head.cond_transform, head.listener = capture(head), None
-        trainer.model.eval()
-        with torch.random.fork_rng(devices=[]):
-            for batch in trainer.train_loader_x:
-                images, _ = trainer.parse_batch_train(batch)
-                trainer.model(images)
+        model.eval()
+        with fork_rng():
+            for batch in context.train_loader_x:
+                images, _ = context.parse_batch_train(batch)
+                model(images)
     finally:
         for head, (transform, listener) in saved.items():
             head.cond_transform, head.listener = transform, listener
-        trainer.model.train(was_training)
+        model.train(was_training)
     return {head: torch.cat(conds) for head, conds in captured.items() if conds}
 
 
-def before_train(trainer, cfg):
+def before_train(context, cfg):
     node = cfg.CLUSTER_INIT
     if not node.ENABLED:
         return
-    heads = [h for h in learnable_heads(trainer) if h.kind == "simplex"]
+    heads = [h for h in learnable_heads(context) if h.kind == "simplex"]
     if not heads:
-        tell_once(trainer, f"REMEDY.CLUSTER_INIT: trainer {trainer.cfg.TRAINER.NAME} has no learnable simplex gate "
+        tell_once(context, f"REMEDY.CLUSTER_INIT: trainer {context.cfg.TRAINER.NAME} has no learnable simplex gate "
                            "(a router over options); it changes nothing")
         return
-    if getattr(trainer, "start_epoch", 0) != 0:
+    if context.start_epoch != 0:
         return
     layers = {head: linear_router_layer(head) for head in heads}
-    for head, conds in training_conditions(trainer, heads).items():
+    for head, conds in training_conditions(context, heads).items():
         k = head.gate.num_options
-        centroids, assignment, inertia = kmeans(conds, k, int(node.N_INIT), trainer.cfg.SEED)
+        centroids, assignment, inertia = kmeans(conds, k, int(node.N_INIT), context.cfg.SEED)
         spread = max(inertia / conds.shape[0], 1e-12)
         weight, bias = nearest_centroid_weights(centroids, spread, float(node.SCALE))
         layer = layers[head]
