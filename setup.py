@@ -12,7 +12,7 @@ setup(
     # Only our own top-level packages: nothing that shadows datasets, clip, open_clip or dassl.
     packages=find_packages(include=["trainers", "trainers.*", "gates", "gates.*",
                                     "diagnostics", "diagnostics.*"]),
-    package_data={"trainers.backbone": ["model_configs/*.json"]},
+    package_data={"trainers.backbone": ["model_configs/*.json", "pretrained/*.safetensors"]},
     install_requires=[
         "torch>=2.1",
         "torchvision",
@@ -21,6 +21,7 @@ setup(
         "tabulate",
         "pluggy>=1.5",
         "tqdm",
+        "filelock",
         "tensorboard",
         "matplotlib",
         "Pillow",
