@@ -1,6 +1,8 @@
 """Config assembly in CoOp's order: defaults, trainers' keys, dataset YAML, method YAML, flags, opts."""
 import os
+import re
 
+import yaml
 from yacs.config import CfgNode as CN
 
 from gates.config import add_gate_config
@@ -73,12 +75,79 @@ def resolve_cfg(cfg):
     return cfg
 
 
-def merge_from_file(cfg, path):
-    """Merge a YAML file, naming the file in any error (yacs only names the key)."""
+YAML_SUFFIXES = (".yaml", ".yml", "")  # yacs' YAML suffixes; it imports and runs ".py" configs
+
+
+def read_config_file(path):
+    """The mapping in YAML config file `path`, read without running anything from it.
+
+    yacs' own `merge_from_file` imports a `.py` config (running it) and lets yaml name neither the
+    file nor the line of an error; here the file is decoded as UTF-8 and parsed with yaml's safe
+    loader, so `!!python/...` tags are refused, and every error names the file and line.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: a `.py` or other non-YAML file, bytes that are not UTF-8, YAML syntax errors,
+            YAML tags that build Python objects, or a top level that is not a mapping of keys.
+    """
     if not os.path.isfile(path):
         raise FileNotFoundError(f'config file "{path}" does not exist')
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix == ".py":
+        raise ValueError(
+            f'config file "{path}" is Python; gatescope reads YAML config files only, because a .py '
+            "config is imported and run as code (yacs' loader does that). Write the same keys in a .yaml "
+            "file, e.g. `OPTIM: {LR: 0.002}`."
+        )
+    if suffix not in YAML_SUFFIXES:
+        raise ValueError(f'config file "{path}" should be a YAML file (.yaml or .yml), not "{suffix}".')
+    with open(path, "rb") as f:
+        raw = f.read()
     try:
-        cfg.merge_from_file(path)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise ValueError(
+            f'config file "{path}", line {line}, column {column}: byte 0x{raw[e.start]:02x} is not UTF-8 '
+            "text. Save the file as UTF-8 (YAML config files are UTF-8)."
+        ) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ValueError(_describe_yaml_error(path, e)) from None
+    if data is None:  # an empty file (or only comments) sets nothing
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f'config file "{path}" holds a YAML {type(data).__name__}; expected a mapping of '
+                         "config keys, e.g. `OPTIM: {LR: 0.002}`.")
+    return data
+
+
+def _describe_yaml_error(path, error):
+    """One line naming the file, the line and column, and what yaml found there."""
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(error, "problem", None) or str(error)
+    if isinstance(error, yaml.constructor.ConstructorError) and "python/" in str(problem):
+        tag = re.search(r"tag '([^']*)'", problem)
+        tag = tag.group(1).replace("tag:yaml.org,2002:", "!!") if tag else "a python tag"
+        return (f'config file "{path}"{where}: the YAML tag {tag} asks to build a Python object, which can '
+                "run code, so gatescope refuses it. Config files hold plain values (numbers, strings, "
+                "lists, mappings): write the value itself.")
+    context = getattr(error, "context", None)
+    context_mark = getattr(error, "context_mark", None)
+    if context and context_mark is not None and context_mark is not mark:
+        context = f"{context} that starts at line {context_mark.line + 1}"
+    detail = f"{context}: {problem}" if context else problem
+    return f'config file "{path}"{where}: YAML syntax error ({detail}).'
+
+
+def merge_from_file(cfg, path):
+    """Merge a YAML config file into `cfg`, naming the file in any error (yacs only names the key)."""
+    data = read_config_file(path)
+    try:
+        cfg.merge_from_other_cfg(CN(data))
     except (KeyError, ValueError, TypeError, AssertionError) as e:
         raise _user_error(e)(f"{_text(e)} (in config file {path})") from e
 
@@ -93,8 +162,18 @@ def merge_from_list(cfg, opts):
 
 
 def _user_error(error):
-    """yacs reports an unknown key with an AssertionError (gone under `python -O`): a KeyError."""
-    return KeyError if isinstance(error, AssertionError) else type(error)
+    """The type to re-raise `error` as with a message naming its source.
+
+    yacs reports an unknown key with an AssertionError (gone under `python -O`): a KeyError.
+    Subclasses whose constructor takes more than a message (UnicodeDecodeError takes five
+    arguments) become their plain base, so the wrapper itself never fails.
+    """
+    if isinstance(error, AssertionError):
+        return KeyError
+    for base in (KeyError, TypeError, ValueError):
+        if isinstance(error, base):
+            return base
+    return ValueError
 
 
 def _text(error):
@@ -141,4 +220,4 @@ def setup_cfg(args):
 
 
 __all__ = ["CN", "extend_cfg", "add_reliability_config", "setup_cfg", "reset_cfg", "merge_from_file",
-           "merge_from_list"]
+           "merge_from_list", "read_config_file"]
