@@ -41,7 +41,8 @@ import torch
 import open_clip
 from open_clip.model import CLIP
 
-from ..engine.trust import TRUST_WEIGHTS_ENV, is_torchscript_archive, scan_pickles, trusted_by_env
+from ..engine.trust import (TRUST_WEIGHTS_ENV, describe_load_failure, is_torchscript_archive, scan_pickles,
+                            trusted_by_env)
 from .demo_weights import DEMO_WEIGHTS_TAG, DamagedCacheError, ensure_demo_weights
 from .torchscript import NeedsCodeError, read_torchscript_state_dict
 
@@ -249,7 +250,7 @@ def _read_state_dict(path, trust):
             scan = scan_pickles(path)
             if not scan.unsafe:
                 raise RuntimeError(
-                    f"Could not read weights from {path} ({type(err).__name__}: {_first_line(err)}). "
+                    f"Could not read weights from {path} ({describe_load_failure(err)}). "
                     "Expected a state dict saved with torch.save(model.state_dict()) (optionally under "
                     "a 'state_dict' key), a .safetensors file, or an OpenAI TorchScript archive; the "
                     "file is damaged or none of these."
@@ -284,12 +285,7 @@ def _read_trusted_pickle(path, scan):
         return torch.load(str(path), map_location="cpu", weights_only=False)
     except Exception as err:
         raise RuntimeError(f"Could not read weights from {path} even as a trusted pickle "
-                           f"({type(err).__name__}: {_first_line(err)}).") from err
-
-
-def _first_line(error):
-    text = str(error).strip()
-    return text.splitlines()[0] if text else "no detail"
+                           f"({describe_load_failure(err)}).") from err
 
 
 def _describe_weights(state_dict):

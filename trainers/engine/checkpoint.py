@@ -31,7 +31,8 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from .trust import TRUST_CHECKPOINTS_ENV, is_torchscript_archive, scan_pickles, trusted_by_env
+from .trust import (TRUST_CHECKPOINTS_ENV, describe_load_failure, is_torchscript_archive, scan_pickles,
+                    trusted_by_env)
 from .utils import atomic_write_bytes, mkdir_if_missing
 
 __all__ = [
@@ -243,7 +244,7 @@ def load_checkpoint(fpath, trust=False):
         weights_only_error = error
     scan = scan_pickles(fpath)
     if not scan.unsafe:
-        raise CorruptCheckpointError(fpath, _load_failure(weights_only_error)) from weights_only_error
+        raise CorruptCheckpointError(fpath, describe_load_failure(weights_only_error)) from weights_only_error
     if not (trust or _trust_from_env()):
         raise UntrustedCheckpointError(fpath, scan.unsafe) from weights_only_error
     try:
@@ -252,19 +253,7 @@ def load_checkpoint(fpath, trust=False):
                 return _stubbing_load(f)
         return torch.load(fpath, map_location="cpu", weights_only=False, pickle_module=_stubbing_pickle)
     except Exception as error:
-        raise CorruptCheckpointError(fpath, f"{type(error).__name__}: {_first_line(error)}") from error
-
-
-def _load_failure(error):
-    """torch.load's complaint in a few words; its weights_only advice does not apply to a broken file."""
-    if "Weights only load failed" in str(error):
-        return f"{type(error).__name__}: torch.load found no complete checkpoint in it"
-    return f"{type(error).__name__}: {_first_line(error)}"
-
-
-def _first_line(error):
-    text = str(error).strip()
-    return text.splitlines()[0] if text else "no detail"
+        raise CorruptCheckpointError(fpath, describe_load_failure(error)) from error
 
 
 # ---------------------------------------------------------------- resume

@@ -25,7 +25,7 @@ import zipfile
 import torch
 
 __all__ = ["TRUST_CHECKPOINTS_ENV", "TRUST_WEIGHTS_ENV", "trusted_by_env", "PickleScan", "scan_pickles",
-           "is_torchscript_archive"]
+           "is_torchscript_archive", "describe_load_failure"]
 
 TRUST_CHECKPOINTS_ENV = "GATESCOPE_TRUST_CHECKPOINTS"
 TRUST_WEIGHTS_ENV = "GATESCOPE_TRUST_WEIGHTS"
@@ -58,6 +58,18 @@ def is_torchscript_archive(path):
                        for member in archive.namelist() for part in member.split("/")[1:2])
     except (OSError, zipfile.BadZipFile):
         return False
+
+
+def describe_load_failure(error):
+    """torch.load's complaint about a file in a few words, for a message that names the file.
+
+    Its weights_only advice (re-run with weights_only=False) is left out: for a file whose scan
+    found nothing unsafe the cause is damage, and the advice would be wrong.
+    """
+    text = str(error).strip()
+    if "Weights only load failed" in text:
+        return f"{type(error).__name__}: torch.load found no complete checkpoint in it"
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else 'no detail'}"
 
 
 class PickleScan:
