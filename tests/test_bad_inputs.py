@@ -86,6 +86,39 @@ def wrong_type_in_file(ctx):
     trainers.setup_cfg(demo_args(ctx.root, ctx.out, config=path))
 
 
+def python_config_file(ctx):
+    import trainers
+
+    path = ctx.tmp / "method.py"
+    path.write_text("cfg = {'OPTIM': {'LR': 0.1}}\n")
+    trainers.setup_cfg(demo_args(ctx.root, ctx.out, config=str(path)))
+
+
+def yaml_python_tag(ctx):
+    import trainers
+
+    path = yaml_file(ctx.tmp, "OPTIM:\n  LR: !!python/object/apply:os.getcwd []\n")
+    trainers.setup_cfg(demo_args(ctx.root, ctx.out, config=path))
+
+
+def yaml_not_utf8(ctx):
+    import trainers
+
+    path = ctx.tmp / "bad.yaml"
+    path.write_bytes("# r\u00e9glage\nOPTIM:\n  LR: 0.1\n".encode("latin-1"))
+    trainers.setup_cfg(demo_args(ctx.root, ctx.out, config=str(path)))
+
+
+def pickled_checkpoint(ctx):
+    import pickle
+
+    from trainers.engine.checkpoint import load_checkpoint
+
+    path = ctx.tmp / "model.pth.tar-1"
+    path.write_bytes(pickle.dumps({"epoch": 1, "call": print}))  # names a function: would run code
+    load_checkpoint(str(path))
+
+
 def unknown_key_on_command_line(ctx):
     setup(ctx.root, ctx.out, opts=("OPTIM.MAX_EPOCHS", 3))
 
@@ -184,6 +217,11 @@ BAD_INPUTS = [
     (unknown_transform, ValueError, r"random_flop.*expected names from .*random_flip"),
     (unknown_key_in_file, KeyError, r"TRAINER.COOP.NCTX.*in config file .*bad.yaml"),
     (wrong_type_in_file, ValueError, r"MAX_EPOCH.*in config file .*bad.yaml"),
+    (python_config_file, ValueError, r'config file ".*method.py" is Python; gatescope reads YAML config files only'),
+    (yaml_python_tag, ValueError, r'config file ".*bad.yaml", line 2, column \d+: the YAML tag !!python/object/apply'),
+    (yaml_not_utf8, ValueError, r'config file ".*bad.yaml", line 1, column 4: byte 0xe9 is not UTF-8'),
+    (pickled_checkpoint, RuntimeError, r'Checkpoint ".*model.pth.tar-1" contains pickled Python objects \(builtins.print\)'
+                                       r".*GATESCOPE_TRUST_CHECKPOINTS=1"),
     (unknown_key_on_command_line, KeyError, r"OPTIM.MAX_EPOCHS.*command-line"),
     (bad_nonfinite_policy, ValueError, r"TRAIN.NONFINITE must be one of \('stop', 'skip'\), got 'ignore'"),
     (dataset_root_missing, FileNotFoundError, r"OxfordPets: missing .*no_data_here.*oxford_pets.*expected"),

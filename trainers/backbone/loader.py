@@ -16,8 +16,10 @@ Weights (`pretrained`):
                            archives as data (torchscript.py); a file that needs its code to load
                            is refused unless GATESCOPE_TRUST_WEIGHTS=1;
   "local-dir:FOLDER"       a folder with open_clip_config.json and weights, as open_clip reads it;
-  "gatescope-demo"         for `gatescope-tiny` only: weights pretrained locally on generated
-                           shape images (demo_weights.py), cached after the first use.
+  "gatescope-demo"         for `gatescope-tiny` only: weights pretrained on generated shape
+                           images, shipped with gatescope and unpacked into the cache at first
+                           use (demo_weights.py); a cached file that does not load is a damaged
+                           cache (DamagedCacheError names the file to delete).
 
 Activation: OpenAI's CLIPs were trained with QuickGELU, x * sigmoid(1.702 x). Their weights in
 a plain-GELU architecture load without any error and give silently worse features, so the
