@@ -15,6 +15,7 @@ SMALL = {
     "feature_cache_epoch.py": ["--epochs", "1"],
     "diagnostics_overhead.py": ["--size", "tiny", "--steps", "2", "--trainers", "CoOpGated"],
     "cocoopgated_epoch.py": ["--epochs", "1"],
+    "demo_pretraining.py": ["--steps", "2", "--corpus-size", "64", "--repeat", "1"],
 }
 
 

@@ -7,8 +7,9 @@ short CLIP pretraining run (both towers, symmetric contrastive loss) on a corpus
 images rendered with their own seed, so none of them is an image of the demo dataset, and
 captions such as "a photo of a star." or "a star on a noise background.".
 
-The run is deterministic but takes minutes on 2 CPU cores (PRETRAINING_SECONDS), and it needs
-about 1200 steps of 128 pairs: shorter or smaller runs lose most of the demo's accuracy. So its
+The run is deterministic but takes over a minute on 2 idle CPU cores (PRETRAINING_SECONDS), far
+longer when other processes share them, and it needs its 1200 steps of 128 pairs: shorter or
+smaller runs cost CoOp's demo 15-40 points of accuracy (benchmarks/README.md). So its
 result ships with gatescope, in `pretrained/` (what the run trains, 0.9 MB, with the recipe in
 the file's header), and first use unpacks it into `$GATESCOPE_CACHE` (default
 `~/.cache/gatescope`) in about a second. Without that file, or when RECIPE no longer matches it,
@@ -34,8 +35,8 @@ DEMO_ARCH = "gatescope-tiny"
 CACHE_ENV = "GATESCOPE_CACHE"
 # Bump when anything below changes what the pretraining produces.
 RECIPE_VERSION = 3
-# Measured on 2 CPU cores (README, "first use"); printed before a pretraining.
-PRETRAINING_SECONDS = 90
+# 1200 steps at 58.8 ms on 2 idle CPU cores (benchmarks/demo_pretraining.py); printed before a pretraining.
+PRETRAINING_SECONDS = 70
 SHIPPED_DIR = osp.join(osp.dirname(osp.abspath(__file__)), "pretrained")
 RECIPE = dict(corpus_size=4000, image_size=32, steps=1200, batch_size=128, peak_lr=2e-3,
               warmup_steps=50, weight_decay=0.1, seed=20261129)
