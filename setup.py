@@ -12,7 +12,8 @@ setup(
     # Only our own top-level packages: nothing that shadows datasets, clip, open_clip or dassl.
     packages=find_packages(include=["trainers", "trainers.*", "gates", "gates.*",
                                     "diagnostics", "diagnostics.*"]),
-    package_data={"trainers.backbone": ["model_configs/*.json"], "trainers.tools": ["grids/*.yaml"]},
+    package_data={"trainers.backbone": ["model_configs/*.json", "pretrained/*.safetensors"],
+                  "trainers.tools": ["grids/*.yaml"]},
     install_requires=[
         "torch>=2.1",
         "torchvision",
@@ -20,6 +21,7 @@ setup(
         "yacs",
         "tabulate",
         "pluggy>=1.5",
+        "safetensors",  # the shipped demo weights (open_clip needs it too)
         "tqdm",
         "filelock",
         "tensorboard",

@@ -17,8 +17,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def pytest_configure(config):
     """The tests write their caches (image features above all: one file per generated data
     folder) into a GATESCOPE_CACHE of their own, never into the user's. The demo backbone's
-    weights, which take a minute to pretrain, are copied in from the user's cache when there
-    and copied back at the end when the tests had to make them."""
+    weights are copied in from the user's cache when there and copied back at the end when the
+    tests had to make them (unpacked from the shipped file, or pretrained without it)."""
     from trainers.backbone.demo_weights import demo_weights_path
 
     user_weights = demo_weights_path()  # where GATESCOPE_CACHE (or its default) points now

@@ -94,6 +94,39 @@ def yaml_syntax_error_in_file(ctx):
     trainers.setup_cfg(demo_args(ctx.root, ctx.out, config=path))
 
 
+def python_config_file(ctx):
+    import trainers
+
+    path = ctx.tmp / "method.py"
+    path.write_text("cfg = {'OPTIM': {'LR': 0.1}}\n")
+    trainers.setup_cfg(demo_args(ctx.root, ctx.out, config=str(path)))
+
+
+def yaml_python_tag(ctx):
+    import trainers
+
+    path = yaml_file(ctx.tmp, "OPTIM:\n  LR: !!python/object/apply:os.getcwd []\n")
+    trainers.setup_cfg(demo_args(ctx.root, ctx.out, config=path))
+
+
+def yaml_not_utf8(ctx):
+    import trainers
+
+    path = ctx.tmp / "bad.yaml"
+    path.write_bytes("# r\u00e9glage\nOPTIM:\n  LR: 0.1\n".encode("latin-1"))
+    trainers.setup_cfg(demo_args(ctx.root, ctx.out, config=str(path)))
+
+
+def pickled_checkpoint(ctx):
+    import pickle
+
+    from trainers.engine.checkpoint import load_checkpoint
+
+    path = ctx.tmp / "model.pth.tar-1"
+    path.write_bytes(pickle.dumps({"epoch": 1, "call": print}))  # names a function: would run code
+    load_checkpoint(str(path))
+
+
 def unknown_key_on_command_line(ctx):
     setup(ctx.root, ctx.out, opts=("OPTIM.MAX_EPOCHS", 3))
 
@@ -394,8 +427,13 @@ BAD_INPUTS = [
      r"unknown config key TRAINER.COOP.NCTX \(in config file .*bad.yaml\); did you mean TRAINER.COOP.N_CTX\?"),
     (wrong_type_in_file, ValueError, r"MAX_EPOCH.*in config file .*bad.yaml"),
     (yaml_syntax_error_in_file, ValueError,
-     r"config file .*bad.yaml, line 3, column 12: not valid YAML: expected ',' or '\]', but got ':' "
-     r"\(while parsing a flow sequence at line 2, column 7\)"),
+     r'config file ".*bad.yaml", line 3, column 12: YAML syntax error \(while parsing a flow sequence that '
+     r"starts at line 2: expected ',' or '\]', but got ':'\)"),
+    (python_config_file, ValueError, r'config file ".*method.py" is Python; gatescope reads YAML config files only'),
+    (yaml_python_tag, ValueError, r'config file ".*bad.yaml", line 2, column \d+: the YAML tag !!python/object/apply'),
+    (yaml_not_utf8, ValueError, r'config file ".*bad.yaml", line 1, column 4: byte 0xe9 is not UTF-8'),
+    (pickled_checkpoint, RuntimeError, r'Checkpoint ".*model.pth.tar-1" contains pickled Python objects \(builtins.print\)'
+                                       r".*GATESCOPE_TRUST_CHECKPOINTS=1"),
     (unknown_key_on_command_line, KeyError,
      r"unknown config key OPTIM.MAX_EPOCHS \(in the command-line options\); did you mean OPTIM.MAX_EPOCH\?"),
     (bad_nonfinite_policy, ValueError, r"TRAIN.NONFINITE must be one of \('stop', 'skip'\), got 'ignore'"),

@@ -16,6 +16,7 @@ SMALL = {
     "diagnostics_overhead.py": ["--size", "tiny", "--steps", "2", "--trainers", "CoOpGated"],
     "cocoopgated_epoch.py": ["--epochs", "1"],
     "time_to_error.py": ["--repeat", "1"],
+    "demo_pretraining.py": ["--steps", "2", "--corpus-size", "64", "--repeat", "1"],
 }
 
 

@@ -7,6 +7,7 @@ from yacs.config import CfgNode as CN
 from gates.config import add_gate_config
 from gates.config_spec import MissingPathError, closest_path, copy_declarations, declare, one_of, unchecked, validate
 
+from .config_file import read_config_file
 from .config_sources import ConfigSources
 from .data.domain_tasks import add_domain_task_config
 from .data.image_cache import add_image_cache_config
@@ -86,11 +87,10 @@ def resolve_cfg(cfg):
 
 
 def merge_from_file(cfg, path):
-    """Merge a YAML file, naming the file in any error (yacs only names the key)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'config file "{path}" does not exist')
+    """Merge a YAML config file into `cfg`, naming the file in any error (yacs only names the key)."""
+    data = read_config_file(path)
     try:
-        cfg.merge_from_file(path)
+        cfg.merge_from_other_cfg(CN(data))
     except (KeyError, ValueError, TypeError, AssertionError) as e:
         raise _user_error(e)(f"{_text(e)} (in config file {path})") from e
 
@@ -105,8 +105,18 @@ def merge_from_list(cfg, opts):
 
 
 def _user_error(error):
-    """yacs reports an unknown key with an AssertionError (gone under `python -O`): a KeyError."""
-    return KeyError if isinstance(error, AssertionError) else type(error)
+    """The type to re-raise `error` as with a message naming its source.
+
+    yacs reports an unknown key with an AssertionError (gone under `python -O`): a KeyError.
+    Subclasses whose constructor takes more than a message (UnicodeDecodeError takes five
+    arguments) become their plain base, so the wrapper itself never fails.
+    """
+    if isinstance(error, AssertionError):
+        return KeyError
+    for base in (KeyError, TypeError, ValueError):
+        if isinstance(error, base):
+            return base
+    return ValueError
 
 
 def _text(error):
@@ -193,4 +203,4 @@ def trainer_config_problems(cfg):
 
 
 __all__ = ["CN", "extend_cfg", "add_reliability_config", "setup_cfg", "reset_cfg", "merge_from_file",
-           "merge_from_list", "check_path_flags", "trainer_config_problems"]
+           "merge_from_list", "read_config_file", "check_path_flags", "trainer_config_problems"]

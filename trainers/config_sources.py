@@ -7,9 +7,9 @@ that also named a dataset, or a `--root` that replaced a file's `DATASET.ROOT`, 
 one line naming both sources and the winner. Keys are also checked before each merge, so an
 unknown key gets a "did you mean" (gates/config_spec.py) along with the file it came from.
 """
-import yaml
+from gates.config_spec import check_keys, leaf_keys
 
-from gates.config_spec import ConfigError, check_keys, leaf_keys
+from .config_file import read_config_file
 
 __all__ = ["ConfigSources", "file_keys", "FLAG_OF_KEY", "MERGE_ORDER"]
 
@@ -24,31 +24,11 @@ MERGE_ORDER = "dataset config file, config file, command-line flags, command-lin
 
 
 def file_keys(cfg, path):
-    """The full keys a YAML config file sets (its leaves, as far as `cfg` has nodes), or None
-    when the file cannot be read as a YAML mapping; merging it then names the problem.
+    """The full keys a YAML config file sets (its leaves, as far as `cfg` has nodes).
 
-    Read with yaml.safe_load, which builds plain data only (no code runs). A YAML syntax error
-    raises a ConfigError naming the file, line and column (yacs parses a string: its error names
-    neither); tags, encodings and the rest are left to merge_from_file's own checks."""
-    if not str(path).lower().endswith((".yaml", ".yml")):
-        return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except yaml.constructor.ConstructorError:
-        return None
-    except yaml.MarkedYAMLError as e:
-        def at(mark):
-            return f"line {mark.line + 1}, column {mark.column + 1}"
-        where = f", {at(e.problem_mark)}" if e.problem_mark is not None else ""
-        context = f" ({e.context} at {at(e.context_mark)})" if e.context and e.context_mark is not None else ""
-        raise ConfigError([(str(path), f"config file {path}{where}: not valid YAML: {e.problem}{context}")]) from e
-    except (OSError, ValueError, yaml.YAMLError):
-        return None
-    if data is None:
-        return []
-    if not isinstance(data, dict):
-        return None
+    Read with `read_config_file` (yaml's safe loader: plain data only, no code runs), whose
+    ConfigError names the file and line of a syntax error, a python tag or a non-UTF-8 byte."""
+    data = read_config_file(path)
     keys = []
 
     def walk(mapping, node, prefix):
@@ -85,10 +65,9 @@ class ConfigSources:
         record what the file set."""
         source = f"{role} {path}"
         keys = file_keys(cfg, path)
-        if keys is not None:
-            check_keys(cfg, keys, source)
+        check_keys(cfg, keys, source)
         merge(cfg, path)
-        for key in keys or ():
+        for key in keys:
             self._record(key, source, _value(cfg, key))
 
     def check_and_record_options(self, cfg, opts, merge):

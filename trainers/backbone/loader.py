@@ -11,10 +11,15 @@ Weights (`pretrained`):
                            package caches, `~/.cache/clip/ViT-B-16.pt` (folder overridable with
                            GATESCOPE_CLIP_CACHE), is used first, since every CoOp user has it;
   a file                   .pt/.pth/.bin/.safetensors holding an open_clip state dict, an
-                           OpenAI-format state dict, or an OpenAI TorchScript archive;
+                           OpenAI-format state dict, or an OpenAI TorchScript archive. Nothing in
+                           the file runs: state dicts are read with weights_only=True, TorchScript
+                           archives as data (torchscript.py); a file that needs its code to load
+                           is refused unless GATESCOPE_TRUST_WEIGHTS=1;
   "local-dir:FOLDER"       a folder with open_clip_config.json and weights, as open_clip reads it;
-  "gatescope-demo"         for `gatescope-tiny` only: weights pretrained locally on generated
-                           shape images (demo_weights.py), cached after the first use.
+  "gatescope-demo"         for `gatescope-tiny` only: weights pretrained on generated shape
+                           images, shipped with gatescope and unpacked into the cache at first
+                           use (demo_weights.py); a cached file that does not load is a damaged
+                           cache (DamagedCacheError names the file to delete).
 
 Activation: OpenAI's CLIPs were trained with QuickGELU, x * sigmoid(1.702 x). Their weights in
 a plain-GELU architecture load without any error and give silently worse features, so the
@@ -29,15 +34,18 @@ import difflib
 import json
 import logging
 import os
+import pickle
 import sys
 import warnings
-import zipfile
 from pathlib import Path
 
 import torch
 
+from ..engine.trust import (TRUST_WEIGHTS_ENV, describe_load_failure, is_torchscript_archive, scan_pickles,
+                            trusted_by_env)
 from ..lazy_import import LazyModule
-from .demo_weights import DEMO_WEIGHTS_TAG, ensure_demo_weights
+from .demo_weights import DEMO_WEIGHTS_TAG, DamagedCacheError, ensure_demo_weights
+from .torchscript import NeedsCodeError, read_torchscript_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -182,46 +190,107 @@ def openai_cache_file(name):
     return clip_cache_dir() / filename
 
 
-def _is_torchscript_archive(path):
-    # torch.jit.save writes a zip whose records include `code/` (the serialized program) and
-    # `constants.pkl`; torch.save zips hold only `data.pkl`, `data/` and bookkeeping.
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(part in ("code", "constants.pkl")
-                   for member in archive.namelist()
-                   for part in member.split("/")[1:2])
+class UntrustedWeightsError(RuntimeError):
+    """A weights file that only loads by running code from it, and the user has not opted in."""
+
+    def __init__(self, path, what):
+        self.path = path
+        super().__init__(
+            f"Refusing to load weights from {path}: {what}. Loading it would run code from the file "
+            f"(not read with torch.load(weights_only=True), nor as plain TorchScript data). Only if you "
+            f"trust where this file came from, set the environment variable {TRUST_WEIGHTS_ENV}=1; "
+            "otherwise save its weights as a plain state dict (torch.save(model.state_dict(), path)) "
+            "or a .safetensors file."
+        )
 
 
-def _read_checkpoint(path):
-    """(state dict, is_openai_format) from a checkpoint file of any supported format."""
-    if _is_torchscript_archive(path):
-        # TorchScript archives run no arbitrary Python on load, unlike pickles, so reading one
-        # is as safe as weights_only=True is for plain checkpoints.
-        try:
-            with warnings.catch_warnings():
-                # torch deprecates TorchScript, but OpenAI's files are TorchScript all the same.
-                warnings.simplefilter("ignore", FutureWarning)
-                archive = torch.jit.load(str(path), map_location="cpu")
-        except Exception as err:
-            raise RuntimeError(
-                f"Could not read the TorchScript archive {path} ({err}). If it is a partial "
-                "download, delete it so it is fetched again, or replace it with OpenAI's file."
-            ) from err
-        return dict(archive.state_dict()), True
-    try:
-        state_dict = open_clip.factory.load_state_dict(str(path), device="cpu", weights_only=True)
-    except Exception as err:
-        raise RuntimeError(
-            f"Could not read weights from {path} ({type(err).__name__}: {err}). Expected a "
-            "state dict saved with torch.save(model.state_dict()) (optionally under a "
-            "'state_dict' key), a .safetensors file, or an OpenAI TorchScript archive; files "
-            "are read with weights_only=True, so pickled Python objects are refused."
-        ) from err
+def _read_checkpoint(path, trust=None):
+    """(state dict, is_openai_format) from a checkpoint file of any supported format.
+
+    Nothing from the file runs unless `trust` (default: env GATESCOPE_TRUST_WEIGHTS) is set:
+    state dicts are read with weights_only=True, TorchScript archives as data
+    (torchscript.read_torchscript_state_dict). Raises UntrustedWeightsError for a file that needs
+    code to load, RuntimeError naming the file for one that cannot be read at all.
+    """
+    trust = trusted_by_env(TRUST_WEIGHTS_ENV) if trust is None else trust
+    if is_torchscript_archive(path):
+        return _read_torchscript(path, trust), True
+    state_dict = _read_state_dict(path, trust)
     if not isinstance(state_dict, dict) or not state_dict:
         raise RuntimeError(f"{path} holds no state dict (found {type(state_dict).__name__}).")
     is_openai = any(key in state_dict for key in OPENAI_STATE_DICT_EXTRAS)
     return state_dict, is_openai
+
+
+def _read_torchscript(path, trust):
+    # OpenAI's archives are TorchScript; torch.jit.load would run the program they carry, so their
+    # tensors are read as data, and only an archive that cannot be read that way needs trust.
+    try:
+        return read_torchscript_state_dict(path)
+    except NeedsCodeError as err:
+        if not trust:
+            raise UntrustedWeightsError(path, f"it is a TorchScript archive whose state needs its code ({err})") from err
+    except ValueError as err:
+        raise RuntimeError(
+            f"Could not read the TorchScript archive {path} ({err}). If it is a partial "
+            "download, delete it so it is fetched again, or replace it with OpenAI's file."
+        ) from err
+    try:
+        with warnings.catch_warnings():
+            # torch deprecates TorchScript, but OpenAI's files are TorchScript all the same.
+            warnings.simplefilter("ignore", FutureWarning)
+            return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+    except Exception as err:
+        raise RuntimeError(f"Could not read the TorchScript archive {path} ({err}).") from err
+
+
+def _read_state_dict(path, trust):
+    """The weights in a .safetensors or torch.save file, unwrapped as open_clip does."""
+    if str(path).endswith(".safetensors"):
+        checkpoint = _read_safetensors(path)
+    else:
+        try:
+            checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
+            scan = scan_pickles(path)
+            if not scan.unsafe:
+                raise RuntimeError(
+                    f"Could not read weights from {path} ({describe_load_failure(err)}). "
+                    "Expected a state dict saved with torch.save(model.state_dict()) (optionally under "
+                    "a 'state_dict' key), a .safetensors file, or an OpenAI TorchScript archive; the "
+                    "file is damaged or none of these."
+                ) from err
+            if not trust:
+                names = ", ".join(scan.unsafe[:6]) + (", ..." if len(scan.unsafe) > 6 else "")
+                raise UntrustedWeightsError(path, f"it pickles Python objects ({names})") from err
+            checkpoint = _read_trusted_pickle(path, scan)
+    if isinstance(checkpoint, dict) and "state_dict" in checkpoint:
+        checkpoint = checkpoint["state_dict"]
+    if isinstance(checkpoint, dict) and checkpoint and next(iter(checkpoint)).startswith("module."):
+        checkpoint = {k[len("module."):]: v for k, v in checkpoint.items()}  # DDP's prefix
+    return checkpoint
+
+
+def _read_safetensors(path):
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as err:
+        raise RuntimeError(f"Could not read weights from {path} ({type(err).__name__}: {err}); "
+                           "the .safetensors file is damaged or not a safetensors file.") from err
+
+
+def _read_trusted_pickle(path, scan):
+    """Unpickle a weights file the user trusts (GATESCOPE_TRUST_WEIGHTS=1): this may run its code."""
+    try:
+        if scan.kind == "pickle":  # written with pickle.dump, which torch.load cannot read
+            with open(path, "rb") as f:
+                return pickle.load(f)
+        return torch.load(str(path), map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise RuntimeError(f"Could not read weights from {path} even as a trusted pickle "
+                           f"({describe_load_failure(err)}).") from err
 
 
 def _describe_weights(state_dict):
@@ -291,8 +360,8 @@ def _fresh_model(arch, force_quick_gelu, weights_follow=False):
         logging.getLogger().removeFilter(notice_filter)
 
 
-def _load_from_file(name, arch, path):
-    state_dict, is_openai = _read_checkpoint(path)
+def _load_from_file(name, arch, path, trust=None):
+    state_dict, is_openai = _read_checkpoint(path, trust)
     quick_gelu = is_openai or is_coop_name(name)
     arch, force = _with_activation(arch, quick_gelu)
     logger.info("Backbone %s: weights from %s (%s format), architecture %s%s", name, path,
@@ -300,6 +369,19 @@ def _load_from_file(name, arch, path):
     model = _fresh_model(arch, force, weights_follow=True)
     _load_weights(model, state_dict, path, arch)
     return model
+
+
+def _load_demo_weights(name, arch):
+    path = Path(ensure_demo_weights())
+    try:
+        # gatescope wrote this file itself, as a plain state dict: no trust route, whatever the
+        # environment says, and anything unreadable in it is damage, not a foreign format.
+        return _load_from_file(name, arch, path, trust=False)
+    except (RuntimeError, ValueError) as err:
+        raise DamagedCacheError(
+            f"The cached demo backbone weights {path} are damaged and were not loaded ({err}). "
+            f"Delete that file; the next run pretrains the demo CLIP again and caches it anew."
+        ) from err
 
 
 def _tag_quick_gelu(arch, tag):
@@ -390,7 +472,7 @@ def _load_named(name, arch, pretrained):
         if arch != TINY_MODEL_NAME:
             raise ValueError(f"MODEL.BACKBONE.PRETRAINED '{DEMO_WEIGHTS_TAG}' exists only for "
                              f"MODEL.BACKBONE.NAME '{TINY_MODEL_NAME}', not '{name}'.")
-        return _load_from_file(name, arch, Path(ensure_demo_weights()))
+        return _load_demo_weights(name, arch)
 
     # A tag wins over a same-named file in the working directory, as in open_clip.
     if not _looks_like_path(pretrained):

@@ -9,9 +9,11 @@ Differences from Dassl, each fixing something its users hit:
 - every file is written to a temp file, fsync'ed and renamed, so a crash mid-save never leaves a
   truncated checkpoint under a real name (and resume skips a corrupt one with a warning);
 - loading uses `torch.load(weights_only=True)` (no code runs from a checkpoint). Dassl's own
-  checkpoints pickle its warm-up scheduler object; those load only when the user says they trust
-  the file (`trust=True` or env `GATESCOPE_TRUST_CHECKPOINTS=1`), and then even without Dassl
-  installed: classes that cannot be imported become inert `UnimportableObject` stubs;
+  checkpoints pickle its warm-up scheduler object; those (and any file that pickles Python
+  objects, in torch's zip or pre-1.6 format or as a plain pickle) are called untrusted, not
+  corrupt, and load only when the user says they trust the file (`trust=True` or env
+  `GATESCOPE_TRUST_CHECKPOINTS=1`), and then even without Dassl installed: classes that cannot be
+  imported become inert `UnimportableObject` stubs (see trust.py);
 - `capture_rng_state` / `restore_rng_state` let a resumed run draw the same random numbers;
 - a checkpoint records what it was made for (`meta`: trainer, backbone, class count) and
   `check_checkpoint_meta` refuses one made for something else, saying which.
@@ -29,6 +31,8 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
+from .trust import (TRUST_CHECKPOINTS_ENV, describe_load_failure, is_torchscript_archive, scan_pickles,
+                    trusted_by_env)
 from .utils import atomic_write_bytes, mkdir_if_missing
 
 __all__ = [
@@ -37,7 +41,7 @@ __all__ = [
     "capture_rng_state", "restore_rng_state", "CheckpointMismatchError", "check_checkpoint_meta",
 ]
 
-TRUST_ENV_VAR = "GATESCOPE_TRUST_CHECKPOINTS"
+TRUST_ENV_VAR = TRUST_CHECKPOINTS_ENV
 BEST_NAME = "model-best.pth.tar"
 _EPOCH_FILE = re.compile(r"^model\.pth\.tar-(\d+)$")
 
@@ -202,24 +206,17 @@ _stubbing_pickle.dump = pickle.dump
 
 
 def _trust_from_env():
-    return os.environ.get(TRUST_ENV_VAR, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def _unsafe_globals(fpath, error):
-    """Names of the classes/functions the file pickles, or [] if it is not a readable checkpoint."""
-    try:
-        found = torch.serialization.get_unsafe_globals_in_checkpoint(fpath)
-    except Exception:
-        found = []
-    if found:
-        return list(found)
-    # Files in torch's pre-1.6 (non-zip) format are not scanned by torch; read the refusal instead.
-    match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
-    return [match.group(1)] if match else []
+    return trusted_by_env(TRUST_ENV_VAR)
 
 
 def load_checkpoint(fpath, trust=False):
     """Load a checkpoint onto the CPU with `torch.load(weights_only=True)`.
+
+    A file that fails to load that way is told apart by scanning its pickles (never unpickling
+    them): one that names Python functions or classes beyond tensors and containers is
+    *untrusted* (a checkpoint of the original Dassl, or a file crafted to run code), whether it is
+    in torch's zip format, torch's pre-1.6 format or a plain pickle; one that names nothing of the
+    kind is *corrupt*.
 
     Raises:
         FileNotFoundError: no file at `fpath`.
@@ -228,31 +225,35 @@ def load_checkpoint(fpath, trust=False):
             With trust it is fully unpickled; classes that cannot be imported become
             `UnimportableObject` stubs.
         CorruptCheckpointError: the file is truncated or not a checkpoint.
+        CheckpointError: the file is a TorchScript archive (a model program, not a checkpoint).
     """
     if not fpath:
         raise ValueError("load_checkpoint() got an empty path")
     fpath = os.fspath(fpath)
     if not osp.exists(fpath):
         raise FileNotFoundError(f'No checkpoint file at "{fpath}"')
+    if is_torchscript_archive(fpath):
+        # torch.load hands such a file to torch.jit.load, which runs the program it carries.
+        raise CheckpointError(
+            f'"{fpath}" is a TorchScript archive (torch.jit.save), not a training checkpoint; it is never '
+            "loaded as one. Backbone weights in that format go to MODEL.BACKBONE.PRETRAINED."
+        )
     try:
         return torch.load(fpath, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for bad files
         weights_only_error = error
-    unsafe = _unsafe_globals(fpath, weights_only_error)
-    if not unsafe:
-        raise CorruptCheckpointError(fpath, f"{type(weights_only_error).__name__}: "
-                                            f"{_first_line(weights_only_error)}") from weights_only_error
+    scan = scan_pickles(fpath)
+    if not scan.unsafe:
+        raise CorruptCheckpointError(fpath, describe_load_failure(weights_only_error)) from weights_only_error
     if not (trust or _trust_from_env()):
-        raise UntrustedCheckpointError(fpath, unsafe) from weights_only_error
+        raise UntrustedCheckpointError(fpath, scan.unsafe) from weights_only_error
     try:
+        if scan.kind == "pickle":  # written with pickle.dump: torch.load cannot read it at all
+            with open(fpath, "rb") as f:
+                return _stubbing_load(f)
         return torch.load(fpath, map_location="cpu", weights_only=False, pickle_module=_stubbing_pickle)
     except Exception as error:
-        raise CorruptCheckpointError(fpath, f"{type(error).__name__}: {_first_line(error)}") from error
-
-
-def _first_line(error):
-    text = str(error).strip()
-    return text.splitlines()[0] if text else "no detail"
+        raise CorruptCheckpointError(fpath, describe_load_failure(error)) from error
 
 
 # ---------------------------------------------------------------- resume
