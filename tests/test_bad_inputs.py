@@ -489,7 +489,7 @@ BAD_INPUTS = [
     (learning_rate_infinite, ValueError, r"OPTIM.LR must be >= 0 and <= 3.403e\+38 .*got inf"),
     (gate_learning_rate_overflows_float32, ValueError,
      r"OPTIM.LR x GATE.LR_MULT = 1e\+38 x 10 = 1e\+39 overflows float32 \(largest 3.403e\+38\)"),
-    (gate_test_mode_mistyped, ValueError, r"GATE.TEST_MODE must be one of \('soft', 'hard'\), got 'hrad'; "
+    (gate_test_mode_mistyped, ValueError, r"GATE.TEST_MODE must be one of \('', 'soft', 'hard'\), got 'hrad'; "
                                           r"did you mean 'hard'\?"),
     (gate_target_mistyped, ValueError,
      r"GATE.TARGET must be one of \('length', 'token_dim', 'prefix', 'pool'\) \(the targets of CoOpGated\), "

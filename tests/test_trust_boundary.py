@@ -301,7 +301,8 @@ def test_a_damaged_demo_weights_file_is_a_damaged_cache_to_delete(tmp_path, trip
 # --------------------------------------------------------------------------------------------
 
 def run_config(path):
-    return setup_cfg(build_train_parser().parse_args(["--trainer", "CoOp", "--config-file", str(path)]))
+    return setup_cfg(build_train_parser().parse_args(["--trainer", "CoOp", "--config-file", str(path),
+                                                      "MODEL.BACKBONE.NAME", "gatescope-tiny"]))
 
 
 def test_a_python_config_is_refused_before_it_can_run(tmp_path, tripwire):

@@ -21,6 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from yacs.config import CfgNode as CN
 
+from gates.config_spec import at_least, declare
+
 from .backbone.adapter import cosine_logits
 from .coop import CoOp, CoOpCLIP, CoOpPromptLearner
 from .engine import TRAINER_REGISTRY
@@ -133,6 +135,15 @@ class CoOpGated(GatedTrainer, CoOp):
         cfg.GATE.HARD_EM.ENABLED = False  # each image trains only its chosen option; the gate learns the choice
         cfg.GATE.HARD_EM.PRIOR = True  # E-step argmax of log p_k(y|x) + log pi_k(x); False: of log p_k(y|x)
         cfg.GATE.HARD_EM.ROUTER_WEIGHT = 1.0  # w of the router loss w * mean -log pi_k*(x)
+        declare(cfg.GATE.HARD_EM, ROUTER_WEIGHT=at_least(0))
+
+    @classmethod
+    def config_problems(cls, cfg):
+        yield from super().config_problems(cfg)
+        target = cfg.GATE.TARGET or cls.DEFAULT_TARGET
+        if cfg.GATE.HARD_EM.ENABLED and target in cls.TARGETS and target not in cls.SIMPLEX_TARGETS:
+            yield "GATE.HARD_EM.ENABLED", (f"GATE.HARD_EM chooses one option per image, so it needs GATE.TARGET "
+                                           f"{' or '.join(cls.SIMPLEX_TARGETS)}, not {target!r}")
 
     @staticmethod
     def resolve_config(cfg):
@@ -141,12 +152,7 @@ class CoOpGated(GatedTrainer, CoOp):
     def build_custom_clip(self, cfg, classnames, backbone):
         if cfg.GATE.PARAM_MATCHED_BIAS and self.gate_target not in ("length", "token_dim"):
             raise ValueError("GATE.PARAM_MATCHED_BIAS needs GATE.TARGET length or token_dim")
-        hard_em = cfg.GATE.HARD_EM.ENABLED
-        if hard_em and self.gate_target not in self.SIMPLEX_TARGETS:
-            raise ValueError(f"GATE.HARD_EM chooses one option per image, so it needs GATE.TARGET "
-                             f"{' or '.join(self.SIMPLEX_TARGETS)}, not {self.gate_target!r}")
-        if hard_em and cfg.GATE.HARD_EM.ROUTER_WEIGHT < 0:
-            raise ValueError(f"GATE.HARD_EM.ROUTER_WEIGHT must be >= 0, got {cfg.GATE.HARD_EM.ROUTER_WEIGHT}")
+        hard_em = cfg.GATE.HARD_EM.ENABLED  # its target and weight were checked with the config
         cond = self.gate_cond  # validates GATE.COND
         cond_dim = backbone.vis_dim if cond == "patch_mean" else backbone.embed_dim
         if cond == "patch_mean" and not backbone.is_vit:

@@ -38,6 +38,8 @@ import numpy as np
 from PIL import Image
 from yacs.config import CfgNode as CN
 
+from gates.config_spec import between, declare, one_of
+
 from .demo_images import DEMO_CLASSES, _extreme_colour, render_demo_image
 
 TASKS = {
@@ -139,6 +141,7 @@ def add_domain_task_config(cfg):
     node.STRENGTH = 1.0  # how different the domains' tints are: 0 (alike) .. 1
     node.NUM_DOMAINS = 2  # 2 .. MAX_DOMAINS tinted domains
     node.LABELS = "swap"  # swap (2 mappings) | shift (one per domain) | same (labels ignore the domain)
+    declare(node, STRENGTH=between(0, 1), NUM_DOMAINS=between(2, MAX_DOMAINS), LABELS=one_of("swap", "shift", "same"))
     return cfg
 
 
