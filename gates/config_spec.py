@@ -421,11 +421,24 @@ def check_keys(cfg, keys, source):
     for key in keys:
         if _has_key(cfg, key):
             continue
+        renamed = _renamed(cfg, key)
+        if renamed:
+            problems.append((key, f"config key {key} (in {source}) was renamed to {renamed}"))
+            continue
         known = known if known is not None else leaf_keys(cfg)
         problems.append((key, f"unknown config key {key} (in {source}){suggest(key, known, quote='')}"))
     if problems:
         raise UnknownKeyError(problems, heading=None if len(problems) == 1 else
                               f"{len(problems)} unknown config keys (in {source})")
+
+
+def _renamed(cfg, key):
+    """"NEW (note)" for a key yacs' register_renamed_key retired, else None."""
+    renamed = getattr(cfg, "key_is_renamed", None)
+    if renamed is None or not renamed(key):
+        return None
+    new = cfg.__dict__[type(cfg).RENAMED_KEYS][key]
+    return f"{new[0]}: {new[1]}" if isinstance(new, tuple) else str(new)
 
 
 def _has_key(cfg, key):

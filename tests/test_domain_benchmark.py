@@ -106,8 +106,8 @@ def test_graded_strength_scales_the_tint_and_zero_makes_the_domains_alike():
 
 
 @pytest.mark.parametrize("key,value,message", [
-    ("STRENGTH", 1.5, r"STRENGTH must lie in \[0, 1\]"),
-    ("NUM_DOMAINS", 9, r"NUM_DOMAINS must lie in \[2, 6\]"),
+    ("STRENGTH", 1.5, r"DATASET.DOMAIN_TASK.STRENGTH must be >= 0 and <= 1, got 1.5"),
+    ("NUM_DOMAINS", 9, r"DATASET.DOMAIN_TASK.NUM_DOMAINS must be >= 2 and <= 6, got 9"),
     ("LABELS", "random", r"LABELS must be one of \('swap', 'shift', 'same'\)"),
 ])
 def test_graded_task_knobs_are_checked(demo_root, tmp_path, key, value, message):

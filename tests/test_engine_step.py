@@ -93,14 +93,32 @@ def test_dassls_model_backward_and_update_honours_nonfinite_skip():
         DasslStyle("stop").model_backward_and_update(trainer.param.sum() * float("inf"))
 
 
-def test_lr_beyond_float32_through_gate_lr_mult_stops_naming_the_gate_group_after_writing_diagnostics(
+def test_lr_beyond_float32_through_gate_lr_mult_is_refused_by_the_config_check(demo_root, tmp_path):
+    """OPTIM.LR 1e38 x GATE.LR_MULT 10 overflows float32: refused when the config is checked,
+    before anything is built or written (torch's SGD would raise a raw overflow error in epoch 2)."""
+    from gates.config_spec import ConfigError
+
+    opts = ("OPTIM.LR", 1e38, "GATE.LR_MULT", 10.0)
+    with pytest.raises(ConfigError, match=r"OPTIM.LR x GATE.LR_MULT = 1e\+38 x 10 = 1e\+39 overflows float32"):
+        build_demo_trainer(demo_root, tmp_path / "run", trainer="CoOpGated", opts=opts)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_learning_rate_gone_beyond_float32_during_training_stops_naming_the_gate_group_after_writing_diagnostics(
         demo_root, tmp_path):
-    """OPTIM.LR 1e38 x GATE.LR_MULT 10: torch's SGD would raise a raw overflow error in epoch 2
-    (epoch 1 is the constant warm-up); the run stops with a NonFiniteError instead, on_abort writes
-    the diagnostics, and epoch 1's checkpoint is intact."""
-    opts = ("OPTIM.MAX_EPOCH", 2, "DATASET.NUM_SHOTS", 2, "TRAIN.CHECKPOINT_FREQ", 1, "OPTIM.LR", 1e38,
-            "GATE.LR_MULT", 10.0, "TRAIN.NONFINITE", "skip", "DIAGNOSTICS.PLOTS", False)
+    """A group's rate that becomes too large while training (here set by hand at the start of epoch
+    2, as a scheduler or a remedy could) stops the run with a NonFiniteError before the step;
+    on_abort writes the diagnostics, and epoch 1's checkpoint is intact."""
+    opts = ("OPTIM.MAX_EPOCH", 2, "DATASET.NUM_SHOTS", 2, "TRAIN.CHECKPOINT_FREQ", 1, "TRAIN.NONFINITE", "skip",
+            "DIAGNOSTICS.PLOTS", False)
     trainer = build_demo_trainer(demo_root, tmp_path, trainer="CoOpGated", opts=opts)
+    before_epoch = trainer.before_epoch
+
+    def raise_the_gate_rate():
+        before_epoch()
+        if trainer.epoch == 1:
+            next(g for g in trainer.optim.param_groups if g["name"] == "gate")["lr"] = 1e39
+    trainer.before_epoch = raise_the_gate_rate
     with pytest.raises(NonFiniteError, match=r"learning rate of parameter group 'gate' is 1e\+39 at epoch 2/2"):
         trainer.train()
     summary = json.loads((tmp_path / "diagnostics" / "summary.json").read_text())

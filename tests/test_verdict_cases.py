@@ -204,7 +204,9 @@ def test_per_task_gate_that_stays_at_its_init_is_collapsed(demo_root, tmp_path):
     g = run(demo_root, tmp_path, FAST + ("GATE.NAME", "sigmoid", "GATE.LR_MULT", 0.0))
     assert not g["input_dependent"]
     assert g["init_values"] == pytest.approx([torch.sigmoid(torch.tensor(1.0)).item()] * 4)
-    assert g["moved"] == 0.0 and g["kl_reference"] == 0.0 and g["rho_task"] > 0.01
+    # Dassl's constant warm-up epoch gives every group WARMUP_CONS_LR (1e-5), LR_MULT 0 included: a
+    # step of that size is all it moves
+    assert g["moved"] < 1e-6 and g["kl_reference"] < 1e-9 and g["rho_task"] > 0.01
     assert g["kl_all_on"] > 1e-3 and any("all-on" in r for r in g["reasons"])
     # the study's fixed schedules in its place: "uniform" (0.5) and "full_on" (sigmoid(2) = 0.88) differ
     assert set(g["kl_schedules"]) == {"uniform", "full_on", "decay", "increase"}
@@ -228,5 +230,5 @@ def test_shuffled_conditioning_is_a_random_permutation_not_a_shift():
 
 
 def test_the_old_accuracy_threshold_says_what_replaced_it(demo_root, tmp_path):
-    with pytest.raises(KeyError, match="DIAGNOSTICS.DELTA_MIN was renamed to DIAGNOSTICS.KL_MIN.*nats"):
+    with pytest.raises(KeyError, match="DIAGNOSTICS.DELTA_MIN .* was renamed to DIAGNOSTICS.KL_MIN.*nats"):
         build(demo_root, tmp_path, opts=("DIAGNOSTICS.DELTA_MIN", 1.0))

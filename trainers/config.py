@@ -31,7 +31,7 @@ def extend_cfg(cfg):
     plugins = get_plugins()
     plugins.register_trainers(TRAINER_REGISTRY)
     copy_declarations(gatescope_cfg_default(), cfg)  # Dassl's own tree (GATESCOPE_ENGINE=dassl) has none
-    add_gate_config(cfg, gate_names=plugins.available_gates)
+    add_gate_config(cfg, gate_names=registered_gate_names)
     add_feature_cache_config(cfg)  # DATALOADER.FEATURE_CACHE (issue 7)
     add_image_cache_config(cfg)  # DATALOADER.IMAGE_CACHE_MB (issue 7)
     add_domain_task_config(cfg)  # DATASET.DOMAIN_TASK: the graded controlled task's knobs (issue 14)
@@ -57,6 +57,12 @@ def extend_cfg(cfg):
     add_reliability_config(cfg)
     plugins.add_config(cfg)
     return cfg
+
+
+def registered_gate_names():
+    """The gates the run's plugin manager knows (GATE.NAME's choices). A module function, not the
+    manager's bound method: declarations travel with the config through clone() (a deepcopy)."""
+    return get_plugins().available_gates()
 
 
 def add_reliability_config(cfg):
