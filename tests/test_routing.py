@@ -97,6 +97,13 @@ def test_hard_em_router_loss_trains_the_gate_only(demo_root, tmp_path):
     torch.testing.assert_close(losses["hard_em_router"], expected)
 
 
+def test_a_hard_em_router_is_declared_trained_by_its_own_loss(demo_root, tmp_path):
+    """The task loss never reaches a hard-EM router (its choice is an argmax): the gate contract's
+    no_task_grad_params says so, so the verdict reads no imbalance into its zero task gradient."""
+    gate = hard_em_trainer(demo_root, tmp_path).gate_head.gate
+    assert set(gate.no_task_grad_params) == {name for name, _ in gate.named_parameters()} != set()
+
+
 def test_hard_em_needs_a_simplex_target_and_a_softmax_router(demo_root, tmp_path):
     with pytest.raises(ValueError, match="GATE.HARD_EM chooses one option per image, so it needs GATE.TARGET "
                                          "prefix or pool, not 'length'"):

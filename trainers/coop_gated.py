@@ -28,7 +28,7 @@ from .coop import CoOp, CoOpCLIP, CoOpPromptLearner
 from .engine import TRAINER_REGISTRY
 from .feature_cache import image_features_of
 from .gating import GatedTrainer
-from .hard_em import check_router, hard_em_losses, router_log_probs
+from .hard_em import check_router, declare_router_trained_by_its_own_loss, hard_em_losses, router_log_probs
 from .prompting import ClassPromptTemplate, init_context, prompts_per_chunk
 from .study_keys import add_study_gate_keys, resolve_study_keys
 
@@ -163,6 +163,7 @@ class CoOpGated(GatedTrainer, CoOp):
                                          cond_dim)
         if hard_em:
             check_router(learner.gate.gate, self.gate_name)
+            declare_router_trained_by_its_own_loss(learner.gate.gate)
         return CoOpGatedCLIP(learner, backbone, cond, keep_option_logits=hard_em)
 
     def feature_cache_plan(self):

@@ -69,6 +69,14 @@ def check_router(gate, gate_name):
                          f"has activation {activation!r}; use GATE.NAME softmax, gumbel or keyquery (soft)")
 
 
+def declare_router_trained_by_its_own_loss(gate):
+    """Under hard-EM the task loss reaches only the chosen option (the choice is an argmax), and
+    the gate learns from the router loss alone: say so through the gate contract's
+    `no_task_grad_params` (gates/contract.py), so that the diagnostics do not call its zero
+    task-loss gradient an imbalance."""
+    gate.no_task_grad_params = tuple(name for name, p in gate.named_parameters() if p.requires_grad)
+
+
 def router_log_probs(gate, gate_name):
     """(B, K) log pi(x) of the gate's last forward: log_softmax of the logits a softmax-type gate
     keeps (`last_logits`, see gates/contract.py). Raises ValueError for any other gate."""
