@@ -27,7 +27,8 @@ class CoOpPromptLearner(nn.Module):
         print(f'Initial context: "{prompt_prefix}"')
         print(f"Number of context words (tokens): {n_ctx}")
         self.ctx = nn.Parameter(ctx_vectors)
-        self.template = ClassPromptTemplate(backbone, classnames, n_ctx, prompt_prefix)
+        self.template = ClassPromptTemplate(backbone, classnames, n_ctx, prompt_prefix,
+                                            context_key="TRAINER.COOP.N_CTX")
         self.position = position
 
     def forward(self):
