@@ -68,6 +68,10 @@ class CoOp(FeatureCacheMixin, PromptTrainer):
         cfg.TRAINER.COOP.PREC = "fp16"  # fp16, fp32, amp
         cfg.TRAINER.COOP.CLASS_TOKEN_POSITION = "end"  # 'middle' or 'end' or 'front'
 
+    def class_specific_keys(self):
+        """With CSC the context `ctx` is (C, n_ctx, W): one row per class, meaningless for others."""
+        return ["ctx"] if self.method_cfg.CSC else []
+
     def build_custom_clip(self, cfg, classnames, backbone):
         c = cfg.TRAINER.COOP
         learner = CoOpPromptLearner(backbone, classnames, c.N_CTX, c.CTX_INIT, c.CSC,

@@ -17,7 +17,7 @@ from yacs.config import CfgNode as CN
 
 from .deep_prompting import DeepPromptCLIP, Prompts, check_depth, maple_context, n_layers, prompt_tokens
 from .engine import TRAINER_REGISTRY
-from .prompt_trainer import PromptTrainer
+from .prompt_trainer import PromptTrainer, ReleasedLayout
 from .prompting import ClassPromptTemplate
 
 
@@ -88,6 +88,9 @@ class MaPLe(PromptTrainer):
     """MaPLe's trainer `MaPLe(TrainerX)`; its `CustomCLIP` is DeepPromptCLIP."""
 
     CFG_NODE = "MAPLE"
+    # MaPLe's code registers its whole CustomCLIP as "MultiModalPromptLearner": the learner's
+    # tensors under "prompt_learner.", beside the frozen image and text encoders.
+    RELEASED_LAYOUTS = (ReleasedLayout("MultiModalPromptLearner", "MaPLe's code", prefix="prompt_learner."),)
 
     @staticmethod
     def add_config(cfg):
