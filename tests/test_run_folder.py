@@ -155,7 +155,8 @@ def test_resume_ignores_paths_cache_locations_and_keys_of_uninstalled_plugins(de
     first = setup(demo_root, out, ("DATALOADER.FEATURE_CACHE.DIR", str(tmp_path / "cache_a")))
     claim_output_dir(first, out)
     moved = setup(demo_root, out, ("DATALOADER.FEATURE_CACHE.DIR", str(tmp_path / "cache_b"),
-                                   "TRAIN.CHECKPOINT_FREQ", 5, "DIAGNOSTICS.PLOTS", False))
+                                   "TRAIN.CHECKPOINT_FREQ", 5, "DIAGNOSTICS.PLOTS", False,
+                                   "DIAGNOSTICS.ENABLED", False))
     assert claim_output_dir(moved, out) == []
     # The folder's config names a key of a plugin that is not installed any more.
     text = run_config_text(first).replace("OPTIM:\n", "MYPLUGIN:\n  STRENGTH: 3\nOPTIM:\n", 1)
@@ -325,3 +326,29 @@ def test_a_shared_folder_loses_only_the_temp_files_of_writers_that_are_gone(tmp_
     generate_demo_dataset(str(tmp_path / "demo"), n_train=1, n_val=1, n_test=1, image_size=8,
                           classes=("circle", "square"), domains=("light",))
     assert not leftover.exists() and (tmp_path / "demo").is_dir()
+
+
+def test_a_read_only_output_folder_is_one_plain_line_naming_it(demo_root, tmp_path, monkeypatch, capsys):
+    """Refused before anything is written: the lock is the run's first write in its folder."""
+    from trainers.cli import train_main
+
+    out = tmp_path / "read_only"
+    out.mkdir()
+    real_open = os.open
+
+    def read_only_open(path, flags, *args, **kwargs):
+        if str(path).startswith(str(out)) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, *args, **kwargs)
+    monkeypatch.setattr(os, "open", read_only_open)
+    monkeypatch.setattr(sys, "stdout", sys.stdout)  # train_main guards the streams; put them back after
+    monkeypatch.setattr(sys, "stderr", sys.stderr)
+    argv = ["--trainer", "CoOp", "--config-file", demo_args(demo_root, out).config_file, "--dataset-config-file",
+            demo_args(demo_root, out).dataset_config_file, "--root", demo_root, "--output-dir", str(out), *map(str, FAST)]
+    with pytest.raises(SystemExit) as stopped:
+        train_main(argv)
+    assert stopped.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f'gatescope: the run stopped: cannot write "{out}/.gatescope.lock": Read-only file '
+                              "system (that file system is read-only: use a writable --output-dir)"), err[-1]
+    assert os.listdir(out) == []

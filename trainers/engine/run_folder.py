@@ -157,13 +157,14 @@ def remove_run_folder_debris(output_dir):
 # ---------------------------------------------------------------- one config
 # Keys that do not change what a run computes: where files are (the output, the dataset root,
 # the feature cache), how much is printed or plotted, how data is loaded (workers, the exact
-# in-memory image cache), which checkpoints are kept, and OPTIM.MAX_EPOCH, so that a finished
-# run can be extended by resuming it with more epochs (fewer is refused when the checkpoint is
-# loaded, naming both).
+# in-memory image cache), which checkpoints are kept, whether the diagnostics run at all (they
+# never change the training: a run whose diagnostics failed may finish without them), and
+# OPTIM.MAX_EPOCH, so that a finished run can be extended by resuming it with more epochs (fewer
+# is refused when the checkpoint is loaded, naming both).
 NON_IDENTITY_KEYS = (
     "OUTPUT_DIR", "RESUME", "CONFIG_FILE", "VERBOSE", "DATASET.ROOT", "TRAIN.PRINT_FREQ", "TRAIN.OVERWRITE",
     "TRAIN.CHECKPOINT_FREQ", "DATALOADER.NUM_WORKERS", "DATALOADER.FEATURE_CACHE.DIR", "DATALOADER.IMAGE_CACHE_MB",
-    "OPTIM.MAX_EPOCH", "TEST.PER_CLASS_RESULT", "TEST.COMPUTE_CMAT", "DIAGNOSTICS.PLOTS",
+    "OPTIM.MAX_EPOCH", "TEST.PER_CLASS_RESULT", "TEST.COMPUTE_CMAT", "DIAGNOSTICS.PLOTS", "DIAGNOSTICS.ENABLED",
 )
 RESUMABLE_KEYS = NON_IDENTITY_KEYS  # the name before issue 21
 

@@ -367,8 +367,8 @@ class TrainerBase:
             model_file = BEST_NAME
         elif present:
             model_file = present[0]
-            print(f'No {BEST_NAME} in "{folder}" (the run did not validate: TEST.FINAL_MODEL last_step); loading '
-                  f"the last checkpoint, {model_file} (--load-epoch N selects another)")
+            print(f'No {BEST_NAME} in "{folder}" (the run never validated, as with TEST.FINAL_MODEL last_step); '
+                  f"loading the last checkpoint, {model_file} (--load-epoch N selects another)")
         else:
             model_file = BEST_NAME
         model_path = osp.join(folder, model_file)
