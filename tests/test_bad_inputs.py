@@ -322,7 +322,8 @@ BAD_INPUTS = [
     (missing_image, OSError, r'cannot read image ".*gone.png"'),
     (too_many_shots, UserWarning, r'class 1 \("dog"\) has only 1 image\(s\), fewer than DATASET.NUM_SHOTS=4'),
     (n_ctx_too_long, ValueError,
-     r'"<100 context tokens> \{\}." for class ".*" .*is 105 tokens, more than the text encoder\'s context length of 77: '
+     r'"<100 context tokens> \{\}." for class ".*" .*is 105 tokens, more than the text encoder\'s context length '
+     r"of 77: "
      r"the class name is 2 tokens, the learned context 100 \(TRAINER.COOP.N_CTX\).*Use TRAINER.COOP.N_CTX 72 or less"),
     (base_new_split_of_one_class, ValueError, r'SUBSAMPLE_CLASSES "base".*has 1 class\(es\)'),
     (output_folder_of_another_config, RuntimeError,

@@ -80,8 +80,9 @@ def test_resume_refuses_a_checkpoint_of_other_classes_when_only_the_root_changed
     out = tmp_path / "run"
     build_demo_trainer(first, out, opts=folder_opts(*CSC)).train()
     moved = build_demo_trainer(second, out, opts=folder_opts(*CSC))  # DATASET.ROOT alone may change
-    with pytest.raises(CheckpointMismatchError, match=r"made for a different run: class names \(2 there, 2 here; only "
-                                                      r"in the checkpoint: 'cat', 'dog'; only in this run: 'bus', 'car'\)"):
+    with pytest.raises(CheckpointMismatchError, match=r"made for a different run: class names \(2 there, 2 here; "
+                                                      r"only in the checkpoint: 'cat', 'dog'; only in this run: "
+                                                      r"'bus', 'car'\)"):
         moved.train()
 
 
@@ -125,7 +126,8 @@ def test_eval_only_without_load_epoch_loads_the_last_checkpoint_when_there_is_no
     torch.testing.assert_close(evaluation.model.prompt_learner.ctx, trained.model.prompt_learner.ctx)
 
     with pytest.raises(FileNotFoundError, match=r'Model not found at ".*model.pth.tar-5"\. The checkpoints in ".*'
-                                                r'prompt_learner": model.pth.tar-2, model.pth.tar-1 \(--load-epoch 2 / 1 '
+                                                r'prompt_learner": model.pth.tar-2, model.pth.tar-1 '
+                                                r"\(--load-epoch 2 / 1 "
                                                 r"selects model.pth.tar-2, model.pth.tar-1\)"):
         evaluation.load_model(str(tmp_path / "run"), epoch=5)
     with pytest.raises(FileNotFoundError, match=r'No checkpoint folder ".*nothing_here/prompt_learner": --model-dir '

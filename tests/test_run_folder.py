@@ -162,7 +162,8 @@ def test_resume_ignores_paths_cache_locations_and_keys_of_uninstalled_plugins(de
     text = run_config_text(first).replace("OPTIM:\n", "MYPLUGIN:\n  STRENGTH: 3\nOPTIM:\n", 1)
     body = text[: text.rindex("# gatescope")]
     import hashlib
-    (tmp_path / "config.yaml").write_text(body + f"# gatescope config sha256: {hashlib.sha256(body.encode()).hexdigest()}\n")
+    checksum = hashlib.sha256(body.encode()).hexdigest()
+    (tmp_path / "config.yaml").write_text(body + f"# gatescope config sha256: {checksum}\n")
     assert claim_output_dir(first, out) == []
     assert "MYPLUGIN.STRENGTH" in capsys.readouterr().out
     # What changes the computation still blocks.
@@ -343,8 +344,9 @@ def test_a_read_only_output_folder_is_one_plain_line_naming_it(demo_root, tmp_pa
     monkeypatch.setattr(os, "open", read_only_open)
     monkeypatch.setattr(sys, "stdout", sys.stdout)  # train_main guards the streams; put them back after
     monkeypatch.setattr(sys, "stderr", sys.stderr)
-    argv = ["--trainer", "CoOp", "--config-file", demo_args(demo_root, out).config_file, "--dataset-config-file",
-            demo_args(demo_root, out).dataset_config_file, "--root", demo_root, "--output-dir", str(out), *map(str, FAST)]
+    args = demo_args(demo_root, out)
+    argv = ["--trainer", "CoOp", "--config-file", args.config_file, "--dataset-config-file", args.dataset_config_file,
+            "--root", demo_root, "--output-dir", str(out), *map(str, FAST)]
     with pytest.raises(SystemExit) as stopped:
         train_main(argv)
     assert stopped.value.code == 1

@@ -284,11 +284,13 @@ class PromptTrainer(TrainerX):
         wrong_shape = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
                        for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
         if missing or unexpected or wrong_shape:
+            hint = (self._class_specific_hint(state_dict, own)
+                    or "was it made for another trainer, backbone, N_CTX or class count?")
             raise ValueError(
                 f"the checkpoint for '{name}' does not fit trainer {self.cfg.TRAINER.NAME} with "
                 f"backbone {self.cfg.MODEL.BACKBONE.NAME} and {self.num_classes} classes "
                 f"(missing: {missing}, unexpected: {unexpected}, shape mismatch: {wrong_shape}); "
-                f"{self._class_specific_hint(state_dict, own) or 'was it made for another trainer, backbone, N_CTX or class count?'}"
+                f"{hint}"
             )
         module.load_state_dict(state_dict)
 
@@ -296,10 +298,10 @@ class PromptTrainer(TrainerX):
         """The CSC sentence for a shape error that comes from class-specific context, or ""."""
         for key in self.class_specific_keys():
             if key in state_dict and key in own and state_dict[key].shape != own[key].shape:
-                return (f"'{key}' is a class-specific context (CSC True: one context per class); the checkpoint's is "
-                        f"for {state_dict[key].shape[0]} classes and this run has {own[key].shape[0]}: a class-specific "
-                        "context cannot be applied to other classes. Evaluate on the classes it was trained on, or "
-                        "train with TRAINER.COOP.CSC False to transfer to new classes")
+                return (f"'{key}' is a class-specific context (CSC True: one context per class); the checkpoint's "
+                        f"is for {state_dict[key].shape[0]} classes and this run has {own[key].shape[0]}: a "
+                        "class-specific context cannot be applied to other classes. Evaluate on the classes it was "
+                        "trained on, or train with TRAINER.COOP.CSC False to transfer to new classes")
         own_specific = set(self.class_specific_keys())
         for key, value in state_dict.items():
             if key in own and key not in own_specific and value.dim() == own[key].dim() + 1:

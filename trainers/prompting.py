@@ -80,8 +80,8 @@ def check_prompts_fit(backbone, classnames, template, context_tokens=0, context_
         advice = (f"Shorten the class name to at most {limit - rest} tokens in the dataset's class names, or use a "
                   "shorter template")
     raise PromptTooLongError(
-        f'the prompt "{shown_template or template}" for class "{name}"{others} is {total} tokens, more than the text encoder\'s '
-        f"context length of {limit}: {parts}. {advice}.")
+        f'the prompt "{shown_template or template}" for class "{name}"{others} is {total} tokens, more than the '
+        f"text encoder's context length of {limit}: {parts}. {advice}.")
 
 
 class ClassPromptTemplate(nn.Module):

@@ -381,7 +381,8 @@ class TrainerBase:
                 hint = "; ".join(x for x in (choices, best) if x)
                 listing = f'The checkpoints in "{folder}": {", ".join(present)} ({hint}).'
             else:
-                listing = f'"{folder}" holds no checkpoint (model.pth.tar-N or {BEST_NAME}); did that run finish an epoch?'
+                listing = (f'"{folder}" holds no checkpoint (model.pth.tar-N or {BEST_NAME}); did that run finish '
+                           "an epoch?")
             raise FileNotFoundError(f'Model not found at "{model_path}". {listing}')
         return model_path, adapt
 
