@@ -442,7 +442,10 @@ BAD_INPUTS = [
     (corrupt_image, OSError, r'cannot read image ".*cut.png".*DATASET.SKIP_BAD_IMAGES True'),
     (missing_image, OSError, r'cannot read image ".*gone.png"'),
     (too_many_shots, UserWarning, r'class 1 \("dog"\) has only 1 image\(s\), fewer than DATASET.NUM_SHOTS=4'),
-    (n_ctx_too_long, ValueError, r"N_CTX=100 context tokens does not fit in the text encoder's 77 tokens"),
+    (n_ctx_too_long, ValueError,
+     r'"<100 context tokens> \{\}." for class ".*" .*is 105 tokens, more than the text encoder\'s context length '
+     r"of 77: "
+     r"the class name is 2 tokens, the learned context 100 \(TRAINER.COOP.N_CTX\).*Use TRAINER.COOP.N_CTX 72 or less"),
     (base_new_split_of_one_class, ValueError, r'SUBSAMPLE_CLASSES "base".*has 1 class\(es\)'),
     (output_folder_of_another_config, RuntimeError,
      r"holds a run made with a different config.*OPTIM.LR: 0.002 in the folder, 0.01 now.*"

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from conftest import REPO, build_demo_trainer
+from trainers.engine.checkpoint import CheckpointMismatchError
 
 FAST = ("OPTIM.MAX_EPOCH", 1, "DATASET.NUM_SHOTS", 2)
 
@@ -78,6 +79,13 @@ def test_checkpoint_of_another_shape_names_what_differs(demo_root, tmp_path):
     trainer = build_demo_trainer(demo_root, tmp_path / "a", opts=FAST)
     trainer.train()
     other = build_demo_trainer(demo_root, tmp_path / "b", opts=FAST + ("TRAINER.COOP.N_CTX", 8))
+    # The checkpoint records its prompt size: the key is named with both values.
+    with pytest.raises(CheckpointMismatchError, match=r"TRAINER.COOP.N_CTX 4 \(this run: 8\)"):
+        other.load_model(str(tmp_path / "a"), epoch=1)
+    # Without that record (CoOp's own files), the shapes say it.
+    state = torch.load(tmp_path / "a" / "prompt_learner" / "model.pth.tar-1", weights_only=True)
+    del state["meta"]
+    torch.save(state, tmp_path / "a" / "prompt_learner" / "model.pth.tar-1")
     with pytest.raises(ValueError, match="ctx: checkpoint \\(4, 64\\) vs model \\(8, 64\\)"):
         other.load_model(str(tmp_path / "a"), epoch=1)
 

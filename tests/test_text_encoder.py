@@ -58,5 +58,7 @@ def test_per_image_context_gives_one_prompt_set_per_image(backbone):
 
 
 def test_context_too_long_for_the_encoder_is_a_clear_error(backbone):
-    with pytest.raises(ValueError, match="does not fit"):
+    # "hot air balloon": 3 name tokens + 80 context + SOS, "." and EOT = 86 > 77.
+    with pytest.raises(ValueError, match=r"is 86 tokens, more than the text encoder's context length of 77.*"
+                                         r"Use N_CTX 71 or less"):
         ClassPromptTemplate(backbone, CLASSNAMES, 80)

@@ -31,7 +31,7 @@ from .deep_prompting import DeepPromptCLIP
 from .ema import ParameterEMA
 from .engine import TRAINER_REGISTRY
 from .maple import MaPLe, MaPLePromptLearner
-from .prompt_trainer import PRECISIONS
+from .prompt_trainer import PRECISIONS, ReleasedLayout
 
 SHALLOW_VISION = ("tokens", "class_mean")
 CYCLE_ON = ("raw", "coupled")
@@ -111,6 +111,11 @@ class BiDirMaPLePromptLearner(MaPLePromptLearner):
 @TRAINER_REGISTRY.register()
 class BiDirMaPLe(MaPLe):
     CFG_NODE = "BIDIR_MAPLE"
+    # The study's code saves as MaPLe's does; its mapping MLPs are CrossModalMappingNetwork
+    # modules, whose Sequential is their attribute `mapping`.
+    RELEASED_LAYOUTS = (ReleasedLayout("MultiModalPromptLearner", "the study's BiDirMaPLe code",
+                                       prefix="prompt_learner.",
+                                       renames=((r"^(l2v|v2l)_mappings\.(\d+)\.mapping\.", r"\1_mappings.\2."),)),)
 
     @staticmethod
     def add_config(cfg):

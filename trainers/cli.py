@@ -64,58 +64,96 @@ def print_args(args, cfg):
 
 
 def run_training(args):
-    """CoOp's main(): config, seed, log, trainer, then train / eval-only."""
+    """CoOp's main(): config, seed, log, trainer, then train / eval-only.
+
+    The whole run holds its output folder's lock (engine/run_folder.py): a second process on the
+    same --output-dir is refused before it writes anything there.
+    """
     import torch
 
     import trainers  # noqa: F401  (registers the built-in trainers)
     from trainers.engine import build_trainer
+    from trainers.engine.run_folder import hold_run_folder
     from trainers.engine.utils import collect_env_info, set_random_seed, setup_logger
 
     cfg = trainers.setup_cfg(args)
-    if cfg.SEED >= 0:
-        print(f"Setting fixed seed: {cfg.SEED}")
-        set_random_seed(cfg.SEED)
-    setup_logger(cfg.OUTPUT_DIR)
-    if torch.cuda.is_available() and cfg.USE_CUDA:
-        torch.backends.cudnn.benchmark = True
-    print_args(args, cfg)
-    print("Collecting env info ...")
-    print(f"** System info **\n{collect_env_info()}\n")
+    with hold_run_folder(cfg.OUTPUT_DIR):
+        if cfg.SEED >= 0:
+            print(f"Setting fixed seed: {cfg.SEED}")
+            set_random_seed(cfg.SEED)
+        setup_logger(cfg.OUTPUT_DIR)
+        if torch.cuda.is_available() and cfg.USE_CUDA:
+            torch.backends.cudnn.benchmark = True
+        print_args(args, cfg)
+        print("Collecting env info ...")
+        print(f"** System info **\n{collect_env_info()}\n")
 
-    trainer = build_trainer(cfg)
-    if args.eval_only:
-        trainer.load_model(args.model_dir, epoch=args.load_epoch)
-        trainer.eval_only = True
-        trainer.test()
+        trainer = build_trainer(cfg)
+        if args.eval_only:
+            trainer.load_model(args.model_dir, epoch=args.load_epoch)
+            trainer.eval_only = True
+            trainer.test()
+            return trainer
+        if not args.no_train:
+            trainer.train()
         return trainer
-    if not args.no_train:
-        trainer.train()
-    return trainer
+
+
+def _stop_line(stop):
+    """The one line printed when a signal stops the run: where, and the command that resumes it."""
+    import signal
+
+    from trainers.engine.run_folder import current_command
+
+    signum = getattr(stop, "signum", signal.SIGINT)
+    name = "Ctrl-C (SIGINT)" if signum == signal.SIGINT else signal.Signals(signum).name
+    where = getattr(stop, "where_stopped", None) or "before training started; nothing of this run was written"
+    return f"Stopped by {name} {where}. Resume with the same command: {current_command()}"
 
 
 def train_main(argv=None, prog="train.py"):
-    """train.py: a config that cannot work (a typo, a value out of range, a missing file) ends with
-    one "error:" message and exit status 2, as argparse reports a bad flag, not a traceback. A run
-    stopped by SIGTERM ends as a process killed by that signal, after stopping cleanly."""
+    """`train.py`: a config that cannot work (a typo, a value out of range, a missing file) ends with
+    one "error:" message and exit status 2, as argparse reports a bad flag, not a traceback; a run
+    stopped by SIGTERM or Ctrl-C prints one line (where it stopped, the command that resumes it)
+    and ends as killed by that signal; a failure of the machine (disk full, read-only folder,
+    permission denied) prints one plain line naming the path and exits 1."""
     import signal
 
     from gates.config_spec import ConfigError
-    from trainers.engine.trainer import SignalInterrupt
+    from trainers.engine.utils import describe_environment_error, environment_error, guard_console
 
     parser = build_train_parser(prog)
     args = parser.parse_args(argv)
+    guard_console()
     try:
         run_training(args)
     except ConfigError as e:
         parser.exit(2, f"{prog}: error: {e}\n")
-    except SignalInterrupt as stop:
+    except KeyboardInterrupt as stop:  # SignalInterrupt (SIGTERM, Ctrl-C while training) or a bare Ctrl-C
         # The run stopped cleanly (plugins flushed, writer closed, last checkpoint intact). End
         # the way a process killed by that signal ends, so a shell loop or a sweep sees it.
-        print(f"Stopped: {stop}")
-        sys.stdout.flush()
-        sys.stderr.flush()
-        signal.signal(stop.signum, signal.SIG_DFL)
-        os.kill(os.getpid(), stop.signum)
+        signum = getattr(stop, "signum", signal.SIGINT)
+        _report(_stop_line(stop))
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+    except Exception as error:
+        cause = environment_error(error)
+        if cause is None:
+            raise
+        _report(f"gatescope: the run stopped: {describe_environment_error(cause)}. Nothing already written is "
+                "lost: once that is fixed, the same command resumes from the last complete epoch.")
+        sys.exit(1)
+
+
+def _report(line):
+    """Print `line` on stderr (and so into the log), whatever state the streams are in."""
+    for stream in (sys.stderr, sys.__stderr__):
+        try:
+            print(line, file=stream)
+            stream.flush()
+            return
+        except (OSError, ValueError):
+            continue
 
 
 def plugins_main(argv=None):

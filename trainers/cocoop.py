@@ -40,7 +40,8 @@ class CoCoOpPromptLearner(nn.Module):
             ("relu", nn.ReLU(inplace=True)),
             ("linear2", nn.Linear(max(vis_dim // 16, 1), backbone.ctx_dim, dtype=backbone.dtype)),
         ]))
-        self.template = ClassPromptTemplate(backbone, classnames, n_ctx, prompt_prefix)
+        self.template = ClassPromptTemplate(backbone, classnames, n_ctx, prompt_prefix,
+                                            context_key="TRAINER.COCOOP.N_CTX")
 
     def shifted_context(self, image_features):
         """(B, n_ctx, W): the context plus the meta-net's shift of each normalised image feature."""

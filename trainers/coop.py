@@ -29,7 +29,8 @@ class CoOpPromptLearner(nn.Module):
         print(f'Initial context: "{prompt_prefix}"')
         print(f"Number of context words (tokens): {n_ctx}")
         self.ctx = nn.Parameter(ctx_vectors)
-        self.template = ClassPromptTemplate(backbone, classnames, n_ctx, prompt_prefix)
+        self.template = ClassPromptTemplate(backbone, classnames, n_ctx, prompt_prefix,
+                                            context_key="TRAINER.COOP.N_CTX")
         self.position = position
 
     def forward(self):
@@ -70,6 +71,10 @@ class CoOp(FeatureCacheMixin, PromptTrainer):
         cfg.TRAINER.COOP.CLASS_TOKEN_POSITION = "end"  # 'middle' or 'end' or 'front'
         declare(cfg.TRAINER.COOP, N_CTX=at_least(1), CTX_INIT=unchecked("words; their number replaces N_CTX"),
                 PREC=one_of(*PRECISIONS), CLASS_TOKEN_POSITION=one_of(*CLASS_TOKEN_POSITIONS))
+
+    def class_specific_keys(self):
+        """With CSC the context `ctx` is (C, n_ctx, W): one row per class, meaningless for others."""
+        return ["ctx"] if self.method_cfg.CSC else []
 
     def build_custom_clip(self, cfg, classnames, backbone):
         c = cfg.TRAINER.COOP

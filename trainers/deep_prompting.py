@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from .backbone.adapter import DeepPrompts, cosine_logits
-from .prompting import count_tokens
+from .prompting import check_prompts_fit, count_tokens
 
 
 @dataclass
@@ -72,6 +72,7 @@ class DeepPromptCLIP(nn.Module):
         self.prompt_learner = prompt_learner
         self.backbone = backbone
         if fixed_prompt is not None:
+            check_prompts_fit(backbone, classnames, fixed_prompt)  # the tokenizer would cut it silently
             texts = [fixed_prompt.format(name.replace("_", " ")) for name in classnames]
             with torch.no_grad():
                 features = backbone.encode_text_tokens(backbone.tokenize(texts))

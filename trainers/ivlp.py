@@ -63,7 +63,8 @@ class IVLPPromptLearner(nn.Module):
                                                    n_text, backbone.ctx_dim, backbone.dtype)
         self.vision = VisualPromptStack(backbone, cfg.N_CTX_VISION, cfg.PROMPT_DEPTH_VISION,
                                         "TRAINER.IVLP.PROMPT_DEPTH_VISION")
-        self.template = ClassPromptTemplate(backbone, classnames, n_text, prompt_prefix)
+        self.template = ClassPromptTemplate(backbone, classnames, n_text, prompt_prefix,
+                                            context_key="TRAINER.IVLP.N_CTX_TEXT")
 
     def forward(self):
         return Prompts(text=self.template(self.ctx) if self.text_prompting else None,

@@ -19,7 +19,7 @@ from gates.config_spec import at_least, declare, one_of, unchecked
 
 from .deep_prompting import DeepPromptCLIP, Prompts, check_depth, maple_context, n_layers, prompt_tokens
 from .engine import TRAINER_REGISTRY
-from .prompt_trainer import PRECISIONS, PromptTrainer
+from .prompt_trainer import PRECISIONS, PromptTrainer, ReleasedLayout
 from .prompting import ClassPromptTemplate
 
 
@@ -90,6 +90,9 @@ class MaPLe(PromptTrainer):
     """MaPLe's trainer `MaPLe(TrainerX)`; its `CustomCLIP` is DeepPromptCLIP."""
 
     CFG_NODE = "MAPLE"
+    # MaPLe's code registers its whole CustomCLIP as "MultiModalPromptLearner": the learner's
+    # tensors under "prompt_learner.", beside the frozen image and text encoders.
+    RELEASED_LAYOUTS = (ReleasedLayout("MultiModalPromptLearner", "MaPLe's code", prefix="prompt_learner."),)
 
     @staticmethod
     def add_config(cfg):

@@ -7,9 +7,12 @@ the engine's one optimizer step (`engine.step.optimizer_step`: backward, the `af
 point with gradients present and unscaled, the update, `after_step`). It calls the plugins'
 lifecycle hooks with its `HookContext` (gates/hookspecs.py gives the order) and saves their
 state with its checkpoints. Checkpoints hold the registered prompt learner's state only (never
-the frozen CLIP).
+the frozen CLIP), with a record of the prompt's size keys; `ReleasedLayout` reads the layouts
+in which the original code saved the same learner (MaPLe's whole-model checkpoints).
 """
+import re
 import warnings
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +31,44 @@ PRECISIONS = ("fp16", "fp32", "amp")
 # Buffers that CoOp's prompt learner saved in its checkpoints; they are rebuilt from the
 # classnames, so loading an original CoOp checkpoint drops them (as CoOp's load_model does).
 REBUILT_BUFFERS = ("token_prefix", "token_suffix")
+# Keys of the frozen CLIP in checkpoints that hold a whole CustomCLIP (MaPLe's code and its forks
+# register the whole model): its image and text encoders and logit scale.
+FROZEN_CLIP_PREFIXES = ("image_encoder.", "text_encoder.", "logit_scale")
+# The method-node keys that fix the shape and meaning of the learnable tensors: recorded with
+# every checkpoint and checked when one is loaded (N_CTX, N_CTX_TEXT, PROMPT_DEPTH_VISION, CSC, ...).
+PROMPT_KEY_PATTERN = re.compile(r"^(N_CTX\w*|PROMPT_DEPTH\w*|CSC)$")
+
+
+@dataclass(frozen=True)
+class ReleasedLayout:
+    """How the original code saved this trainer's learnable state, so its checkpoints load here.
+
+    `folder`: the model folder below the output folder (the name its trainer registered, e.g.
+    MaPLe's "MultiModalPromptLearner"); `prefix`: what its state-dict keys carry before the
+    learner's own names (MaPLe registers the whole CustomCLIP: "prompt_learner."); keys of the
+    frozen CLIP (`FROZEN_CLIP_PREFIXES`) are dropped; `renames`: (regex, replacement) pairs for
+    parameter names that differ. Any other key is kept, so the load names it as unexpected.
+    """
+
+    folder: str
+    source: str  # whose code writes it, for the message
+    prefix: str = ""
+    renames: tuple = field(default_factory=tuple)
+
+    def adapt(self, state_dict):
+        adapted, frozen = {}, 0
+        for key, value in state_dict.items():
+            if self.prefix and key.startswith(self.prefix):
+                key = key[len(self.prefix):]
+            elif key.startswith(FROZEN_CLIP_PREFIXES):
+                frozen += 1
+                continue
+            for pattern, replacement in self.renames:
+                key = re.sub(pattern, replacement, key)
+            adapted[key] = value
+        print(f'Reading a checkpoint saved by {self.source} ("{self.folder}/"): learner keys without their '
+              f'"{self.prefix}" prefix; {frozen} tensor(s) of the frozen CLIP ignored')
+        return adapted
 
 
 class PromptTrainer(TrainerX):
@@ -45,6 +86,9 @@ class PromptTrainer(TrainerX):
     # The trainer this one extends (a gated trainer: its ungated parent, e.g. "CoOp" for
     # CoOpGated), recorded in results.json; `gatescope summarize` compares the two ("Δ vs parent").
     PARENT_TRAINER = None
+    # Layouts in which the original code saved this learner (ReleasedLayout), tried after
+    # gatescope's own `<model-dir>/prompt_learner/` when weights are loaded for evaluation.
+    RELEASED_LAYOUTS = ()
 
     @staticmethod
     def add_config(cfg):
@@ -215,6 +259,21 @@ class PromptTrainer(TrainerX):
         self._plugin_states = state.get("plugins") or {}
 
     # ------------------------------------------------------------ checkpoints
+    def prompt_identity(self):
+        """The method node's prompt-size keys (`PROMPT_KEY_PATTERN`), by their full names."""
+        node = self.cfg.TRAINER.get(self.CFG_NODE) if self.CFG_NODE else None
+        if node is None:
+            return {}
+        return {f"TRAINER.{self.CFG_NODE}.{key}": value for key, value in node.items()
+                if PROMPT_KEY_PATTERN.match(key) and not isinstance(value, dict)}
+
+    def checkpoint_sources(self, name):
+        """gatescope's own folder, then the original code's (RELEASED_LAYOUTS)."""
+        sources = super().checkpoint_sources(name)
+        if name == self.MODEL_NAME:
+            sources += [(layout.folder, layout.adapt) for layout in self.RELEASED_LAYOUTS]
+        return sources
+
     def load_model_state_dict(self, name, state_dict):
         """Load learnable state, tolerating CoOp's saved prompt buffers; say what does not fit."""
         state_dict = {k: v for k, v in state_dict.items() if k not in REBUILT_BUFFERS}
@@ -225,13 +284,30 @@ class PromptTrainer(TrainerX):
         wrong_shape = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
                        for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
         if missing or unexpected or wrong_shape:
+            hint = (self._class_specific_hint(state_dict, own)
+                    or "was it made for another trainer, backbone, N_CTX or class count?")
             raise ValueError(
                 f"the checkpoint for '{name}' does not fit trainer {self.cfg.TRAINER.NAME} with "
                 f"backbone {self.cfg.MODEL.BACKBONE.NAME} and {self.num_classes} classes "
                 f"(missing: {missing}, unexpected: {unexpected}, shape mismatch: {wrong_shape}); "
-                "was it made for another trainer, backbone, N_CTX or class count?"
+                f"{hint}"
             )
         module.load_state_dict(state_dict)
+
+    def _class_specific_hint(self, state_dict, own):
+        """The CSC sentence for a shape error that comes from class-specific context, or ""."""
+        for key in self.class_specific_keys():
+            if key in state_dict and key in own and state_dict[key].shape != own[key].shape:
+                return (f"'{key}' is a class-specific context (CSC True: one context per class); the checkpoint's "
+                        f"is for {state_dict[key].shape[0]} classes and this run has {own[key].shape[0]}: a "
+                        "class-specific context cannot be applied to other classes. Evaluate on the classes it was "
+                        "trained on, or train with TRAINER.COOP.CSC False to transfer to new classes")
+        own_specific = set(self.class_specific_keys())
+        for key, value in state_dict.items():
+            if key in own and key not in own_specific and value.dim() == own[key].dim() + 1:
+                return (f"'{key}' in the checkpoint has one more dimension than this run's: it holds class-specific "
+                        f"context (CSC True, {value.shape[0]} classes) and this run has CSC False")
+        return ""
 
 
 def check_param_groups(model, groups):

@@ -8,6 +8,12 @@ learnable context itself, initialised like CoOp (from words, or N(0, 0.02)).
 
 Sequences are cut after the longest prompt's EOT token: the text transformer is causal, so
 that is exact, and it is what makes encoding cheap (see `ClipBackbone.encode_text`).
+
+Every path that builds a prompt (learned context here; the fixed prompts of VPT, IVLP without
+text prompts and zero-shot CLIP) calls `check_prompts_fit` first: the tokenizer would silently
+cut a prompt longer than the text encoder's context (77 for CLIP), losing the class name or the
+EOT token; instead the error gives the class name's token count, the context's, the limit, and
+what makes it fit.
 """
 import torch
 import torch.nn as nn
@@ -16,9 +22,66 @@ CLASS_TOKEN_POSITIONS = ("end", "middle", "front")
 
 
 def count_tokens(backbone, text):
-    """Number of BPE tokens of `text`, without SOS/EOS."""
+    """Number of BPE tokens of `text`, without SOS/EOS (at most context_length - 2: cut as the
+    tokenizer cuts; `token_count` gives the uncut count)."""
     tokens = backbone.tokenize([text])
     return int(backbone.eot_positions(tokens)[0]) - 1
+
+
+def token_count(backbone, text):
+    """Number of BPE tokens of `text` without SOS/EOT, never cut at the context length."""
+    encode = getattr(backbone.tokenizer, "encode", None)
+    if encode is None:  # open_clip.tokenize, a function: its module's SimpleTokenizer encodes
+        from open_clip.tokenizer import _tokenizer
+        encode = _tokenizer.encode
+    return len(encode(text))
+
+
+class PromptTooLongError(ValueError):
+    """A class prompt does not fit in the text encoder's context length."""
+
+
+def check_prompts_fit(backbone, classnames, template, context_tokens=0, context_key=None, shown_template=None):
+    """Raise PromptTooLongError when `template` with any class name is longer than the text encoder's context.
+
+    `template` holds "{}" where the class name goes (e.g. "X X X X {}." for four learned context
+    tokens, "a photo of a {}." for a fixed prompt); with learned context, `context_tokens` of its
+    tokens are the context and `context_key` is the config key that sets their number. The
+    prompt takes SOS + the template's tokens + EOT; the message names the longest class's tokens,
+    the context's, the rest, the limit, and what actually helps (a shorter class name when fewer
+    context tokens cannot make it fit). `shown_template` is how the message shows the template
+    (e.g. "<16 context tokens> {}." rather than sixteen X's).
+    """
+    limit = backbone.context_length
+    names = [name.replace("_", " ") for name in classnames]
+    totals = [token_count(backbone, template.replace("{}", name)) + 2 for name in names]
+    if not totals or max(totals) <= limit:
+        return
+    worst = max(range(len(names)), key=totals.__getitem__)
+    name, total = names[worst], totals[worst]
+    too_long = sum(t > limit for t in totals)
+    name_tokens = token_count(backbone, name)
+    rest = total - name_tokens - context_tokens  # SOS, EOT and the template's own words
+    others = f" ({too_long} classes are too long; this is the longest)" if too_long > 1 else ""
+    if context_key:
+        parts = (f"the class name is {name_tokens} tokens, the learned context {context_tokens} ({context_key}), and "
+                 f"the start and end tokens and the prompt's other words {rest}")
+        room = limit - name_tokens - rest
+        name_room = limit - rest - context_tokens
+        if room >= 0:
+            advice = f"Use {context_key} {room} or less"
+            if name_room > 0:
+                advice += f", or shorten the class name to at most {name_room} tokens"
+        else:
+            advice = (f"The class name alone is too long: shorten it to at most {limit - rest} tokens in the dataset's "
+                      f"class names; fewer context tokens ({context_key}) cannot make it fit")
+    else:
+        parts = f"the class name is {name_tokens} tokens, the template's words and the start and end tokens {rest}"
+        advice = (f"Shorten the class name to at most {limit - rest} tokens in the dataset's class names, or use a "
+                  "shorter template")
+    raise PromptTooLongError(
+        f'the prompt "{shown_template or template}" for class "{name}"{others} is {total} tokens, more than the '
+        f"text encoder's context length of {limit}: {parts}. {advice}.")
 
 
 class ClassPromptTemplate(nn.Module):
@@ -29,25 +92,29 @@ class ClassPromptTemplate(nn.Module):
         token_suffix: (C, L - 1 - n_ctx, W) `classname . [EOS]`, cut at the longest EOT.
         eot_idx: (C,) EOT position per class.
     Set `truncate=False` to keep all context_length positions (the reference path).
+    Raises PromptTooLongError when a class prompt does not fit (`context_key` names the config
+    key of the context length in the message).
     """
 
-    def __init__(self, backbone, classnames, n_ctx, prompt_prefix=None, truncate=True):
+    def __init__(self, backbone, classnames, n_ctx, prompt_prefix=None, truncate=True, context_key="N_CTX"):
         super().__init__()
         if n_ctx < 0:
             raise ValueError(f"the number of context tokens must be >= 0, got {n_ctx}")
         self.classnames = [name.replace("_", " ") for name in classnames]
         self.n_ctx = n_ctx
         prompt_prefix = prompt_prefix if prompt_prefix is not None else " ".join(["X"] * n_ctx)
+        # The tokenizer would cut a longer prompt (class name or EOT lost): refuse it first.
+        # Advice about the context length only where the prefix is the context (MaPLe keeps the
+        # rest of its CTX_INIT words in the prompt whatever N_CTX is).
+        prefix_is_context = token_count(backbone, prompt_prefix) == n_ctx
+        check_prompts_fit(backbone, self.classnames, f"{prompt_prefix} {{}}.".strip(),
+                          context_tokens=n_ctx if prefix_is_context else 0,
+                          context_key=context_key if prefix_is_context else None,
+                          shown_template=f"<{n_ctx} context tokens> {{}}." if prefix_is_context and n_ctx > 3 else None)
         texts = [f"{prompt_prefix} {name}.".strip() for name in self.classnames]
         tokens = backbone.tokenize(texts)
         eot_idx = backbone.eot_positions(tokens)
         longest = int(eot_idx.max()) + 1
-        if longest >= backbone.context_length:
-            # The tokenizer cut the prompt to make room for EOT: classname or context lost.
-            name = self.classnames[int(eot_idx.argmax())]
-            raise ValueError(
-                f'the prompt for class "{name}" with N_CTX={n_ctx} context tokens does not fit in '
-                f"the text encoder's {backbone.context_length} tokens; use fewer context tokens")
         seq_len = longest if truncate else backbone.context_length
         with torch.no_grad():
             embedding = backbone.token_embedding(tokens)[:, :seq_len]

@@ -9,6 +9,10 @@ Top-level keys say what the numbers are worth:
   A run whose weights went non-finite stops with a NonFiniteError, so this is false only for a
   state that came from elsewhere (e.g. evaluating a damaged checkpoint): its accuracy is not a
   result.
+
+An `--eval-only` run writes `results.json` in its own --output-dir. Given the folder of a
+training run (one that holds that run's `config.yaml` or training results), it writes
+`results_eval.json` there instead, so a training run's record is never replaced by an evaluation.
 """
 import json
 import os
@@ -19,6 +23,8 @@ from gates import hookimpl
 from gates.plumbing import write_json_atomic
 
 RESULTS_FILE = "results.json"
+EVAL_RESULTS_FILE = "results_eval.json"
+RUN_CONFIG_FILE = "config.yaml"  # what a training run writes in its folder (engine/run_folder.py)
 
 
 def finite_state(param_groups):
@@ -43,11 +49,34 @@ def results_record(context, previous, split, results):
     return record
 
 
+def _holds_training_record(output_dir):
+    """True when `output_dir` is a training run's folder: its config.yaml, or a results.json
+    that is not an evaluation's."""
+    if os.path.isfile(os.path.join(output_dir, RUN_CONFIG_FILE)):
+        return True
+    try:
+        with open(os.path.join(output_dir, RESULTS_FILE), encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return os.path.lexists(os.path.join(output_dir, RESULTS_FILE))  # unreadable: not ours to replace
+    return not (isinstance(record, dict) and record.get("eval_only") is True)
+
+
+def results_path(context):
+    """Where this run's record goes (see the module docstring)."""
+    if context.eval_only and _holds_training_record(context.output_dir):
+        return os.path.join(context.output_dir, EVAL_RESULTS_FILE)
+    return os.path.join(context.output_dir, RESULTS_FILE)
+
+
 @hookimpl
 def after_test(context, split, results):
     if not context.output_dir:
         return
-    path = os.path.join(context.output_dir, RESULTS_FILE)
+    path = results_path(context)
+    if path.endswith(EVAL_RESULTS_FILE):
+        print(f'Evaluation results written to "{path}" (this folder holds a training run, whose '
+              f"{RESULTS_FILE} is kept as it is)")
     previous = {}
     if os.path.isfile(path):
         try:

@@ -16,6 +16,7 @@ from .backbone import build_backbone
 from .backbone.adapter import cosine_logits
 from .engine import TRAINER_REGISTRY
 from .prompt_trainer import PromptTrainer
+from .prompting import check_prompts_fit
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 # CoOp's trainers/zsclip.py CUSTOM_TEMPLATES.
@@ -82,6 +83,7 @@ class ZeroshotCLIP(PromptTrainer):
         print(f"Prompt templates ({len(templates)}): {templates}")
         total = 0
         for template in templates:
+            check_prompts_fit(backbone, classnames, template)  # the tokenizer would cut it silently
             texts = [template.format(name.replace("_", " ")) for name in classnames]
             total = total + F.normalize(backbone.encode_text_tokens(backbone.tokenize(texts)), dim=-1)
         return F.normalize(total / len(templates), dim=-1)

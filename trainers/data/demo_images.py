@@ -16,10 +16,11 @@ import json
 import os
 import os.path as osp
 import shutil
-import uuid
 
 import numpy as np
 from PIL import Image
+
+from gates.plumbing import remove_stale_temp_files, temp_path_for
 
 __all__ = [
     "DEMO_CLASSES", "DEMO_DOMAINS", "DEMO_SPLIT_FILE", "DEMO_METADATA_FILE", "generate_demo_dataset",
@@ -175,8 +176,10 @@ def generate_demo_dataset(dataset_dir, n_train=6, n_val=2, n_test=4, image_size=
         raise FileExistsError(f'"{dataset_dir}" already exists; generate_demo_dataset writes a new folder')
     parent = osp.dirname(dataset_dir)
     os.makedirs(parent, exist_ok=True)
-    # A hidden sibling on the same file system, so the final rename is atomic.
-    tmp = osp.join(parent, f".{osp.basename(dataset_dir)}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    # A hidden sibling on the same file system, so the final rename is atomic; the siblings of
+    # generations that were killed are removed first.
+    remove_stale_temp_files(parent, target=osp.basename(dataset_dir))
+    tmp = temp_path_for(dataset_dir, kind="dir")
     os.makedirs(tmp)
     try:
         _write_dataset(tmp, {"train": n_train, "val": n_val, "test": n_test}, image_size, classes, domains,

@@ -15,8 +15,11 @@ Differences from Dassl, each fixing something its users hit:
   `GATESCOPE_TRUST_CHECKPOINTS=1`), and then even without Dassl installed: classes that cannot be
   imported become inert `UnimportableObject` stubs (see trust.py);
 - `capture_rng_state` / `restore_rng_state` let a resumed run draw the same random numbers;
-- a checkpoint records what it was made for (`meta`: trainer, backbone, class count) and
-  `check_checkpoint_meta` refuses one made for something else, saying which.
+- a checkpoint records what it was made for (`meta`: trainer, backbone, class names and count,
+  the prompt's config keys, which tensors are class-specific, the run's last epoch) and
+  `check_checkpoint_meta` refuses one made for something else, saying which;
+  `check_class_transfer` refuses class-specific weights (CoOp's CSC) on another class set;
+- the `checkpoint` pointer file is followed only to a file inside its own folder.
 """
 import io
 import os
@@ -39,6 +42,7 @@ __all__ = [
     "TRUST_ENV_VAR", "CheckpointError", "CorruptCheckpointError", "UntrustedCheckpointError",
     "UnimportableObject", "save_checkpoint", "load_checkpoint", "resume_from_checkpoint",
     "capture_rng_state", "restore_rng_state", "CheckpointMismatchError", "check_checkpoint_meta",
+    "check_class_transfer", "list_checkpoints", "BEST_NAME",
 ]
 
 TRUST_ENV_VAR = TRUST_CHECKPOINTS_ENV
@@ -83,20 +87,52 @@ class UntrustedCheckpointError(CheckpointError):
 
 
 class CheckpointMismatchError(CheckpointError):
-    """The checkpoint was made for another trainer, backbone or class count."""
+    """The checkpoint was made for another trainer, backbone, class set or prompt size."""
+
+
+def _names_difference(saved, current, shown=5):
+    """A short account of how two class-name lists differ (they may hold 1000 names)."""
+    saved, current = list(saved), list(current)
+    if sorted(saved) == sorted(current):
+        first = next(i for i, (a, b) in enumerate(zip(saved, current)) if a != b)
+        return (f"the same {len(saved)} classes in another order (label {first} is {saved[first]!r} there, "
+                f"{current[first]!r} here)")
+    saved_set, current_set = set(saved), set(current)
+    only_saved = [n for n in saved if n not in current_set]
+    only_current = [n for n in current if n not in saved_set]
+
+    def some(names):
+        return ", ".join(map(repr, names[:shown])) + (f", ... ({len(names)} in all)" if len(names) > shown else "")
+    parts = [f"{len(saved)} there, {len(current)} here"]
+    if only_saved:
+        parts.append(f"only in the checkpoint: {some(only_saved)}")
+    if only_current:
+        parts.append(f"only in this run: {some(only_current)}")
+    return "; ".join(parts)
+
+
+def _describe_difference(key, saved, current):
+    if key == "classnames":
+        return f"class names ({_names_difference(saved, current)})"
+    if isinstance(saved, dict) and isinstance(current, dict):
+        return "; ".join(f"{k} {saved.get(k, '<absent>')!r} (this run: {current.get(k, '<absent>')!r})"
+                         for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k))
+    return f"{key} {saved!r} (this run: {current!r})"
 
 
 def check_checkpoint_meta(state, expected, fpath):
     """Raise CheckpointMismatchError when `state["meta"]` differs from `expected` in any key.
 
-    `expected` is e.g. {"trainer": "CoOp", "backbone": "ViT-B/16", "num_classes": 100}.
+    `expected` is e.g. {"trainer": "CoOp", "backbone": "ViT-B/16", "num_classes": 100,
+    "classnames": [...], "prompt": {"TRAINER.COOP.N_CTX": 16, ...}}; only keys present in both
+    are compared, so checkpoints of older gatescope versions are checked on what they record.
     Checkpoints without "meta" (CoOp's and Dassl's own) pass: their state dict is still checked
     key by key and shape by shape when it is loaded.
     """
     meta = state.get("meta") if isinstance(state, dict) else None
     if not isinstance(meta, dict):
         return
-    wrong = [f"{key} {meta[key]!r} (this run: {value!r})" for key, value in expected.items()
+    wrong = [_describe_difference(key, meta[key], value) for key, value in expected.items()
              if key in meta and meta[key] != value]
     if wrong:
         raise CheckpointMismatchError(
@@ -104,6 +140,31 @@ def check_checkpoint_meta(state, expected, fpath):
             "--resume / --output-dir at a checkpoint of this trainer, backbone and dataset, or change the "
             "config to match it."
         )
+
+
+def check_class_transfer(state, classnames, fpath):
+    """Refuse weights whose class-specific tensors (meta "class_specific", e.g. CoOp's CSC context)
+    were learned for other classes than `classnames`.
+
+    Weights shared by all classes load onto any class set (base-to-new and cross-dataset
+    evaluation do exactly that); a class-specific context belongs to its class and cannot be
+    carried to another one by index. Checkpoints without that record pass (their tensors are
+    checked by shape when loaded).
+    """
+    meta = state.get("meta") if isinstance(state, dict) else None
+    if not isinstance(meta, dict) or not meta.get("class_specific") or "classnames" not in meta:
+        return
+    saved = list(meta["classnames"])
+    if saved == list(classnames):
+        return
+    keys = ", ".join(meta["class_specific"])
+    raise CheckpointMismatchError(
+        f'Checkpoint "{fpath}" holds class-specific prompt context ({keys}: one learned context per class, '
+        f"CSC True) for other classes than this run's: {_names_difference(saved, classnames)}. A class-specific "
+        "context cannot be applied to another class, so it is not loaded. Evaluate it on the classes it was "
+        "trained on (e.g. DATASET.SUBSAMPLE_CLASSES base for a base-to-new run), or train with a shared context "
+        "(TRAINER.COOP.CSC False) to transfer to new classes or datasets."
+    )
 
 
 # ---------------------------------------------------------------- save
@@ -267,10 +328,39 @@ def _epoch_files(fdir):
     return [name for _, name in sorted(found, reverse=True)]
 
 
+def list_checkpoints(fdir):
+    """The checkpoint files in `fdir`: `model.pth.tar-N` newest first, then `model-best.pth.tar`."""
+    if not osp.isdir(fdir):
+        return []
+    return _epoch_files(fdir) + ([BEST_NAME] if osp.isfile(osp.join(fdir, BEST_NAME)) else [])
+
+
+def _pointer_target(fdir, pointer):
+    """The file named in the `checkpoint` pointer file, when it is a file inside `fdir`; else None
+    (with a warning saying why it is not followed)."""
+    with open(pointer, encoding="utf-8", errors="replace") as f:
+        named = f.readline().strip()
+    if not named:
+        return None
+    inside = osp.realpath(fdir)
+    target = osp.realpath(osp.join(fdir, named))
+    if named != osp.basename(named) or named in (".", "..") or osp.dirname(target) != inside:
+        warnings.warn(f'"{pointer}" names "{named}", which is not a file of that folder; a checkpoint is only '
+                      "resumed from its own folder, so the pointer is ignored and the newest model.pth.tar-N "
+                      "there is used", stacklevel=3)
+        return None
+    if not osp.isfile(target):
+        warnings.warn(f'"{pointer}" names "{named}", which does not exist; '
+                      "looking for the newest model.pth.tar-N instead", stacklevel=3)
+        return None
+    return named
+
+
 def resume_from_checkpoint(fdir, trust=False):
     """The checkpoint to resume from in folder `fdir`: `(path, state)`, or None if there is none.
 
-    Tries the file named in `fdir/checkpoint` first (Dassl's rule), then the `model.pth.tar-N`
+    Tries the file named in `fdir/checkpoint` first (Dassl's rule; only a file of `fdir` itself:
+    a pointer naming a path elsewhere is ignored with a warning), then the `model.pth.tar-N`
     files from the highest N down. A missing named file or a corrupt file is reported with a
     warning naming it and skipped. Raises CorruptCheckpointError if checkpoints exist but none
     is readable (rather than silently training from scratch over them), and
@@ -281,13 +371,9 @@ def resume_from_checkpoint(fdir, trust=False):
     candidates = []
     pointer = osp.join(fdir, "checkpoint")
     if osp.isfile(pointer):
-        with open(pointer, encoding="utf-8") as f:
-            named = f.readline().strip()
-        if named and osp.isfile(osp.join(fdir, named)):
+        named = _pointer_target(fdir, pointer)
+        if named:
             candidates.append(named)
-        elif named:
-            warnings.warn(f'"{pointer}" names "{named}", which does not exist; '
-                          "looking for the newest model.pth.tar-N instead", stacklevel=2)
     candidates += [name for name in _epoch_files(fdir) if name not in candidates]
     if not candidates:
         return None

@@ -21,8 +21,14 @@ Differences from Dassl, each fixing something its users hit:
 - the scheduler is bound to the live optimizer after a resume (Dassl's keeps driving a stale
   copy, so the learning rate stops changing), and RNG states and the best validation result are
   checkpointed, so a resumed run continues exactly where the interrupted one stopped;
-- checkpoints are written atomically and loaded with `weights_only=True`, and name the trainer,
-  backbone and class count they were made for (a checkpoint of another run is refused);
+- checkpoints are written atomically and loaded with `weights_only=True`, and record what they
+  were made for (trainer, backbone, class names, the prompt's size keys, class-specific tensors,
+  the last epoch): a checkpoint of another run is refused on resume, class-specific weights are
+  refused on other classes, and a checkpoint past OPTIM.MAX_EPOCH is an error, not a finished run;
+- one process per run folder: training holds the folder's lock (`run_folder.hold_run_folder`),
+  and a second process is refused at once, naming the holder;
+- `--eval-only` without `--load-epoch` loads model-best.pth.tar, or the last checkpoint when the
+  run never validated (Dassl demands model-best); a missing checkpoint lists those present;
 - an epoch's checkpoints are written after its `after_epoch` (and every plugin's after_epoch
   hook) returns, as the epoch's last act: whatever an epoch writes (diagnostics history, results)
   is on disk before the checkpoint that says the epoch is done, so a run killed at any point
@@ -32,18 +38,22 @@ Differences from Dassl, each fixing something its users hit:
 - one optimizer step for every path (`step.optimizer_step`): TRAIN.NONFINITE stop/skip for a
   NaN or Inf loss or gradient, and a NonFiniteError (a FloatingPointError) naming the step and
   the group for a learning rate or parameters gone non-finite;
-- the loop ends in try/finally (Detectron2's `TrainerBase.train`): any exception, SIGTERM
-  included (turned into `SignalInterrupt` while training), reaches `on_abort` and `finish_train`,
-  so plugins write their files and writers are closed, and the last checkpoint stays resumable;
+- the loop ends in try/finally (Detectron2's `TrainerBase.train`): any exception, SIGTERM and
+  Ctrl-C included (turned into `SignalInterrupt` while training), reaches `on_abort` and
+  `finish_train`, so plugins write their files and writers are closed, and the last checkpoint
+  stays resumable; the exception carries `where_stopped` (the epoch and batch, the last complete
+  checkpoint) for the one line the command line prints;
 - `test()` returns the evaluator's whole results dict (Dassl returns its first value) and calls
   the `after_test(split, results)` point.
 """
 import contextlib
 import datetime
+import os
 import os.path as osp
 import signal
 import threading
 import time
+import warnings
 from collections import OrderedDict
 
 import numpy as np
@@ -52,8 +62,12 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from .checkpoint import (
+    BEST_NAME,
+    CheckpointError,
     capture_rng_state,
     check_checkpoint_meta,
+    check_class_transfer,
+    list_checkpoints,
     load_checkpoint,
     restore_rng_state,
     resume_from_checkpoint,
@@ -61,6 +75,7 @@ from .checkpoint import (
 )
 from .evaluator import build_evaluator
 from .registry import Registry
+from .run_folder import hold_run_folder
 from .step import NONFINITE_POLICIES, NonFiniteError, optimizer_step, step_label
 from .utils import (
     AverageMeter,
@@ -78,8 +93,9 @@ __all__ = ["TRAINER_REGISTRY", "NONFINITE_POLICIES", "NonFiniteError", "SignalIn
 
 
 class SignalInterrupt(KeyboardInterrupt):
-    """SIGTERM (or another stop signal) received while training: raised in the main thread, so the
-    loop stops the way it does for Ctrl-C (on_abort, finish_train, nothing half-written)."""
+    """SIGTERM or SIGINT (Ctrl-C) received while training, raised at the loop's next safe point
+    (see `signals_raise`), so the loop stops the same way for both (on_abort, finish_train,
+    nothing half-written)."""
 
     def __init__(self, signum):
         self.signum = signum
@@ -87,11 +103,21 @@ class SignalInterrupt(KeyboardInterrupt):
                          "same command")
 
 
+_stop_signals = []  # stop signals received while the loop runs, not acted on yet
+
+
 @contextlib.contextmanager
-def signals_raise(signums=(signal.SIGTERM,)):
-    """While the block runs, each of `signums` raises SignalInterrupt in the main thread (once: the
-    handler restores the previous one as it fires, so a second signal acts as it would have).
-    Outside the main thread, where Python cannot install handlers, nothing changes."""
+def signals_raise(signums=(signal.SIGTERM, signal.SIGINT)):
+    """While the block runs, each of `signums` asks the loop to stop: `stop_if_signalled()`, called
+    after every training step and evaluation batch, then raises SignalInterrupt.
+
+    The handler only records the signal. Raising from the handler itself would interrupt
+    whatever runs at that instant, possibly between taking a lock and the `try` that releases it
+    (the TensorBoard writer's, a file's), and the abort path would then wait on that lock for
+    ever. The handler restores the previous one as it fires, so a second signal acts as it would
+    have (SIGTERM kills, a second Ctrl-C raises at once). Outside the main thread, where Python
+    cannot install handlers, nothing changes.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -99,7 +125,7 @@ def signals_raise(signums=(signal.SIGTERM,)):
 
     def handler(signum, frame):
         signal.signal(signum, previous[signum])
-        raise SignalInterrupt(signum)
+        _stop_signals.append(signum)
     for signum in signums:
         previous[signum] = signal.signal(signum, handler)
     try:
@@ -107,6 +133,13 @@ def signals_raise(signums=(signal.SIGTERM,)):
     finally:
         for signum, old in previous.items():
             signal.signal(signum, old)
+        _stop_signals.clear()
+
+
+def stop_if_signalled():
+    """Raise SignalInterrupt if a stop signal arrived (a safe point of the loop)."""
+    if _stop_signals:
+        raise SignalInterrupt(_stop_signals[0])
 
 
 def build_trainer(cfg):
@@ -172,12 +205,46 @@ class TrainerBase:
             self.nonfinite_skips = int(state["nonfinite_skips"])
 
     def checkpoint_meta(self):
-        """What a checkpoint was made for; loading one made for something else is refused."""
+        """What a checkpoint was made for (saved as its "meta"); on resume every key but max_epoch
+        must match this run, on load for evaluation the trainer, backbone and prompt keys (see
+        `RESUME_META_KEYS`, `LOAD_META_KEYS`)."""
         cfg = getattr(self, "cfg", None)
         if cfg is None:
             return {}
-        return {"trainer": cfg.TRAINER.NAME, "backbone": cfg.MODEL.BACKBONE.NAME,
+        meta = {"trainer": cfg.TRAINER.NAME, "backbone": cfg.MODEL.BACKBONE.NAME,
                 "num_classes": int(getattr(self, "num_classes", 0))}
+        classnames = self.checkpoint_classnames()
+        if classnames is not None:
+            meta["classnames"] = classnames
+        meta["class_specific"] = list(self.class_specific_keys())
+        meta["prompt"] = dict(self.prompt_identity())
+        meta["max_epoch"] = int(cfg.OPTIM.MAX_EPOCH)
+        return meta
+
+    # What must match to resume (a resume continues the same run) and to load weights for
+    # evaluation (other classes allowed: base-to-new and cross-dataset evaluation).
+    RESUME_META_KEYS = ("trainer", "backbone", "num_classes", "classnames", "class_specific", "prompt")
+    LOAD_META_KEYS = ("trainer", "backbone", "prompt")
+
+    def checkpoint_classnames(self):
+        """The class names in label order, recorded with every checkpoint (None when unknown)."""
+        lab2cname = getattr(self, "lab2cname", None)
+        if not lab2cname:
+            return None
+        return [str(lab2cname[label]) for label in sorted(lab2cname)]
+
+    def class_specific_keys(self):
+        """State-dict keys whose rows belong to one class each (CoOp's CSC context); none by default."""
+        return []
+
+    def prompt_identity(self):
+        """{config key: value} of what fixes the learnable tensors' meaning (prompt length, depth,
+        class-specific context); subclasses fill it."""
+        return {}
+
+    def _expected_meta(self, keys):
+        meta = self.checkpoint_meta()
+        return {key: meta[key] for key in keys if key in meta}
 
     def save_model(self, epoch, directory, is_best=False, val_result=None, model_name=""):
         extra = self.training_state()
@@ -211,9 +278,12 @@ class TrainerBase:
             print("No checkpoint found, train from scratch")
             return 0
         print(f"Found checkpoint at {directory} (will resume training)")
+        expected = self._expected_meta(self.RESUME_META_KEYS)
+        for name, (path, state) in found.items():
+            check_checkpoint_meta(state, expected, path)
+            self.check_resume_epoch(path, state)
         start_epoch = 0
         for name, (path, state) in found.items():
-            check_checkpoint_meta(state, self.checkpoint_meta(), path)
             print(f'Loading checkpoint from "{path}"')
             self.load_model_state_dict(name, state["state_dict"])
             if self._optims[name] is not None and state.get("optimizer") is not None:
@@ -226,26 +296,95 @@ class TrainerBase:
         self.load_training_state(state)
         return start_epoch
 
+    def check_resume_epoch(self, path, state):
+        """A checkpoint past this run's last epoch is an error naming both (never "epoch 3 of 2")."""
+        epoch = state.get("epoch")
+        max_epoch = getattr(self, "max_epoch", None)
+        if isinstance(epoch, int) and isinstance(max_epoch, int) and epoch > max_epoch:
+            raise CheckpointError(
+                f'Checkpoint "{path}" is of epoch {epoch}, past this run\'s last epoch: OPTIM.MAX_EPOCH is '
+                f"{max_epoch}. The run in this folder has already trained {epoch} epochs. Resume it with "
+                f"OPTIM.MAX_EPOCH {epoch} or more (it is then complete, or extended), or train {max_epoch} epoch(s) "
+                "from scratch with another --output-dir.")
+
+    def checkpoint_sources(self, name):
+        """Where model `name`'s weights may lie below a --model-dir: [(folder, adapt)] in order.
+        `adapt(state_dict) -> state_dict` maps another code's saved layout onto this model's
+        (None: gatescope's own layout). Subclasses add the original code's folders."""
+        return [(name, None)]
+
     def load_model(self, directory, epoch=None):
-        """Load weights for evaluation from `directory/<name>/model-best.pth.tar` (or epoch N)."""
+        """Load weights for evaluation from `directory/<name>/`: `model.pth.tar-<epoch>`, or without
+        `epoch` `model-best.pth.tar`, else (a run that never validated) the last checkpoint.
+
+        Raises FileNotFoundError listing the checkpoints present and the flag that selects one,
+        CheckpointMismatchError for weights of another trainer, backbone or prompt size, or
+        class-specific weights of other classes.
+        """
         if not directory:
             print("Note that load_model() is skipped as no pretrained model is given")
             return
-        model_file = "model-best.pth.tar" if epoch is None else f"model.pth.tar-{epoch}"
         for name in self.get_model_names():
-            model_path = osp.join(directory, name, model_file)
-            if not osp.exists(model_path):
-                raise FileNotFoundError(
-                    f'Model not found at "{model_path}" (expected <model-dir>/{name}/{model_file}; '
-                    "check --model-dir and --load-epoch)"
-                )
+            model_path, adapt = self._model_file(directory, name, epoch)
             checkpoint = load_checkpoint(model_path)
-            # Not the class count: CoOp's base-to-new and cross-dataset protocols evaluate weights
-            # trained on other classes; class-specific tensors are caught by their shapes.
-            expected = {k: v for k, v in self.checkpoint_meta().items() if k != "num_classes"}
-            check_checkpoint_meta(checkpoint, expected, model_path)
-            print(f'Loading weights to {name} from "{model_path}" (epoch = {checkpoint["epoch"]})')
-            self.load_model_state_dict(name, checkpoint["state_dict"])
+            check_checkpoint_meta(checkpoint, self._expected_meta(self.LOAD_META_KEYS), model_path)
+            classnames = self.checkpoint_classnames()
+            if classnames is not None:
+                check_class_transfer(checkpoint, classnames, model_path)
+            state_dict = checkpoint["state_dict"]
+            if adapt is not None:
+                state_dict = adapt(state_dict)
+            meta = checkpoint.get("meta")
+            own = self._models[name].state_dict()
+            unchecked = [k for k in self.class_specific_keys()
+                         if k in state_dict and k in own and state_dict[k].shape == own[k].shape]
+            if unchecked and not (isinstance(meta, dict) and "classnames" in meta):
+                # CoOp's own checkpoints: the sizes are checked below, the classes cannot be.
+                warnings.warn(f'"{model_path}" does not record the classes its class-specific context '
+                              f"({', '.join(unchecked)}) was trained on; it is applied to this run's classes by "
+                              "label, so make sure they are the same classes in the same order", stacklevel=2)
+            print(f'Loading weights to {name} from "{model_path}" (epoch = {checkpoint.get("epoch")})')
+            self.load_model_state_dict(name, state_dict)
+
+    def _model_file(self, directory, name, epoch):
+        """(path of the checkpoint to load for model `name`, its layout adapter)."""
+        sources = self.checkpoint_sources(name)
+        folder, adapt = next(((osp.join(directory, f), a) for f, a in sources if osp.isdir(osp.join(directory, f))),
+                             (osp.join(directory, name), None))
+        present = list_checkpoints(folder)
+        if not osp.isdir(folder):
+            looked = " or ".join(f'"{osp.join(directory, f)}"' for f, _ in sources)
+            try:
+                listing = ", ".join(sorted(os.listdir(directory))) or "nothing"
+            except OSError:
+                listing = "nothing (no such folder)"
+            raise FileNotFoundError(
+                f"No checkpoint folder {looked}: --model-dir must be the --output-dir of a training run of "
+                f'{self.cfg.TRAINER.NAME}. "{directory}" holds: {listing}.')
+        if epoch is not None:
+            model_file = f"model.pth.tar-{epoch}"
+        elif BEST_NAME in present:
+            model_file = BEST_NAME
+        elif present:
+            model_file = present[0]
+            print(f'No {BEST_NAME} in "{folder}" (the run never validated, as with TEST.FINAL_MODEL last_step); '
+                  f"loading the last checkpoint, {model_file} (--load-epoch N selects another)")
+        else:
+            model_file = BEST_NAME
+        model_path = osp.join(folder, model_file)
+        if not osp.isfile(model_path):
+            epochs = [f for f in present if f != BEST_NAME]
+            if present:
+                choices = (f"--load-epoch {' / '.join(f.rsplit('-', 1)[1] for f in epochs)} selects "
+                           f"{', '.join(epochs)}" if epochs else "")
+                best = f"{BEST_NAME} is loaded without --load-epoch" if BEST_NAME in present else ""
+                hint = "; ".join(x for x in (choices, best) if x)
+                listing = f'The checkpoints in "{folder}": {", ".join(present)} ({hint}).'
+            else:
+                listing = (f'"{folder}" holds no checkpoint (model.pth.tar-N or {BEST_NAME}); did that run finish '
+                           "an epoch?")
+            raise FileNotFoundError(f'Model not found at "{model_path}". {listing}')
+        return model_path, adapt
 
     def set_model_mode(self, mode="train", names=None):
         for name in self.get_model_names(names):
@@ -300,13 +439,20 @@ class TrainerBase:
                 if self.start_epoch >= self.max_epoch:  # resumed after the last epoch: only the final test is left
                     self.epoch = self.start_epoch - 1
                 for self.epoch in range(self.start_epoch, self.max_epoch):
+                    stop_if_signalled()
                     self.before_epoch()
                     self.run_epoch()
                     self.after_epoch()
+                    stop_if_signalled()  # an epoch stopped in its evaluation writes no checkpoint
                     self.checkpoint_epoch()
+                stop_if_signalled()
                 self.after_train()
             except BaseException as error:
                 self.run_error = error
+                try:
+                    error.where_stopped = self.where_stopped()
+                except Exception:  # the report is best effort; the error itself must propagate
+                    pass
                 self.on_abort(error)
                 raise
             finally:
@@ -317,6 +463,12 @@ class TrainerBase:
 
     def after_train(self):
         pass
+
+    def where_stopped(self):
+        """Where the loop is, for the line printed when a run is stopped: "in epoch 2/3 (batch 1/2)"."""
+        if getattr(self, "batch_idx", None) is not None and getattr(self, "num_batches", None):
+            return f"in epoch {self.epoch + 1}/{self.max_epoch} (batch {self.batch_idx + 1}/{self.num_batches})"
+        return f"at epoch {getattr(self, 'epoch', 0) + 1}/{self.max_epoch}"
 
     def on_abort(self, error):
         """`error` is stopping the run (any exception): subclasses let their listeners write what
@@ -438,7 +590,21 @@ class SimpleTrainer(TrainerBase):
         raise NotImplementedError("a SimpleTrainer subclass must build its model")
 
     def train(self):
-        super().train(self.start_epoch, self.max_epoch)
+        # One writer per run folder (the command line already holds it; the hold nests).
+        with hold_run_folder(self.output_dir):
+            super().train(self.start_epoch, self.max_epoch)
+
+    def where_stopped(self):
+        """Where the loop is and the last complete checkpoint, which a resume starts from."""
+        where = super().where_stopped()
+        if getattr(self, "_training_done", False):
+            where = "in the final test (training was complete)"
+        name = self.get_model_names()[0] if self.get_model_names() else None
+        epochs = [f for f in list_checkpoints(osp.join(self.output_dir, name)) if f != BEST_NAME] if name else []
+        if epochs:
+            return (f'{where}; the last complete checkpoint is epoch {epochs[0].rsplit("-", 1)[1]} '
+                    f'({osp.join(self.output_dir, name, epochs[0])})')
+        return f"{where}; no checkpoint was written yet, so a resume starts from epoch 1"
 
     # What TRAIN.OVERWRITE deletes of an older run in OUTPUT_DIR besides the model folders: the
     # results file the trainers write and the diagnostics plugin's folder.
@@ -457,6 +623,7 @@ class SimpleTrainer(TrainerBase):
         self.time_start = time.time()
 
     def after_train(self):
+        self._training_done = True
         print("Finish training")
         if not self.cfg.TEST.NO_TEST:
             if self.cfg.TEST.FINAL_MODEL == "best_val":
@@ -513,6 +680,7 @@ class SimpleTrainer(TrainerBase):
                 output = self.model_inference(input)
                 self.evaluator.process(output, label)
                 kill_point("evaluation")
+                stop_if_signalled()
             results = self.evaluator.evaluate()
         for k, v in results.items():
             self.write_scalar(f"{split}/{k}", v, self.epoch)
@@ -544,6 +712,7 @@ class TrainerX(SimpleTrainer):
             data_time.update(time.time() - end)
             loss_summary = self.forward_backward(batch)
             kill_point("step")
+            stop_if_signalled()
             batch_time.update(time.time() - end)
             losses.update(loss_summary)
 

@@ -4,15 +4,18 @@ Differences from Dassl:
 - the logger tees stderr too (tracebacks and warnings end up in `log.txt`, not only on screen);
 - `write_json_atomic` (temp file + fsync + rename) so a result file is either whole or absent
   (these writers live in `gates.plumbing`, shared by every package; here with the kill point);
-- `claim_output_dir` keeps one run's config per output folder (`config.yaml`), so a resume never
-  mixes two configs;
+- the logger contains environment errors: a log file that can no longer be written (disk full,
+  quota, read-only) or a console that is gone (a closed pipe or terminal) is reported once,
+  naming it, and the run goes on with the other; it never raises into the code that printed;
+- the run folder's lock and config (`claim_output_dir`) live in `run_folder.py` and are
+  re-exported here;
 - `kill_point` lets the tests SIGKILL a run at a chosen point (env GATESCOPE_TEST_KILL_AT).
 """
+import errno
 import os
 import os.path as osp
 import platform
 import random
-import shutil
 import signal
 import sys
 import time
@@ -25,11 +28,20 @@ import torch
 from gates import plumbing
 from gates.plumbing import remove_stale_temp_files, write_json_atomic
 
+from .run_folder import (  # noqa: F401  (re-exported: their home before the run folder had its own module)
+    RESUMABLE_KEYS,
+    RUN_CONFIG_FILE,
+    RunConfigMismatchError,
+    claim_output_dir,
+    config_differences,
+)
+
 __all__ = [
     "set_random_seed", "setup_logger", "Logger", "collect_env_info", "AverageMeter", "MetricMeter",
     "mkdir_if_missing", "check_isfile", "tolist_if_not", "count_num_param", "atomic_write_bytes",
     "write_json_atomic", "set_deterministic", "kill_point", "KILL_AT_ENV", "RUN_CONFIG_FILE",
     "RunConfigMismatchError", "config_differences", "claim_output_dir", "remove_stale_temp_files",
+    "ENVIRONMENT_ERRNOS", "environment_error", "describe_environment_error", "guard_console", "LogFile",
 ]
 
 
@@ -86,36 +98,155 @@ def kill_point(name):
 
 
 # ---------------------------------------------------------------- logging
-class Logger:
-    """A stream that writes everything to `console` and to an open log file, flushed per write.
+# OSErrors that say the machine, not the run, is at fault: nothing to do with the code that was
+# writing, and what the user must fix is the path (free space, permissions, a mount).
+ENVIRONMENT_ERRNOS = frozenset(getattr(errno, name) for name in (
+    "ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "EFBIG", "EIO", "EPIPE") if hasattr(errno, name))
 
-    Flushing every write means the log is complete up to the last line even when the process is
-    killed (CoOp's result parsers read `log.txt` of runs that may still be going).
+
+def environment_error(error):
+    """The environment OSError behind `error` (itself or one of its causes), or None.
+
+    A plugin that failed because the disk is full is wrapped in a PluginError; this finds the
+    OSError so that the message is about the disk, not the plugin.
     """
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in ENVIRONMENT_ERRNOS:
+            return error
+        error = error.__cause__ or error.__context__
+    return None
 
-    def __init__(self, console, file):
-        self.console = console
+
+def describe_environment_error(error):
+    """One plain sentence for an environment OSError: what failed, on which path, and what helps."""
+    what = error.strerror or os.strerror(error.errno) if error.errno else str(error)
+    path = f' "{error.filename}"' if error.filename else ""
+    advice = {
+        errno.ENOSPC: "free some space on that disk",
+        getattr(errno, "EDQUOT", -1): "free some space within your quota",
+        errno.EFBIG: "the file grew past the size this process may write (ulimit -f)",
+        errno.EROFS: "that file system is read-only: use a writable --output-dir",
+        errno.EACCES: "you may not write there: fix its permissions or use another --output-dir",
+        errno.EPERM: "you may not write there: fix its permissions or use another --output-dir",
+        errno.EIO: "the device reported an I/O error: check the disk or mount",
+        errno.EPIPE: "the reader of the output went away",
+    }.get(error.errno, "")
+    return f"cannot write{path}: {what}" + (f" ({advice})" if advice else "")
+
+
+class LogFile:
+    """The log file both streams write to. The first failed write (disk full, quota, read-only,
+    closed) is reported once on the console, naming the file, and the log stops there; the run
+    goes on, printing to the console."""
+
+    def __init__(self, path, file):
+        self.path = path
         self.file = file
+        self.error = None  # the error that ended the log, if any
 
-    def write(self, msg):
-        self.console.write(msg)
-        if self.file is not None and not self.file.closed:
+    @property
+    def usable(self):
+        return self.file is not None and self.error is None and not self.file.closed
+
+    def write(self, msg, console):
+        if not self.usable:
+            return
+        try:
             self.file.write(msg)
             self.file.flush()
+        except (OSError, ValueError) as error:
+            self._lost(error, console)
 
-    def flush(self):
-        self.console.flush()
-        if self.file is not None and not self.file.closed:
+    def flush(self, console):
+        if not self.usable:
+            return
+        try:
             self.file.flush()
             os.fsync(self.file.fileno())
+        except (OSError, ValueError) as error:
+            self._lost(error, console)
+
+    def _lost(self, error, console):
+        self.error = error
+        reason = describe_environment_error(error) if isinstance(error, OSError) else f"cannot write: {error}"
+        notice = (f'\ngatescope: the log file "{self.path}" stops here: {reason}. The run goes on; its output is on '
+                  "the console only.\n")
+        if console is not None:
+            try:
+                console.write(notice)
+                console.flush()
+            except (OSError, ValueError):
+                pass
 
     def close(self):
         if self.file is not None and not self.file.closed:
-            self.file.close()
+            try:
+                self.file.close()
+            except OSError:
+                pass
+
+
+class Logger:
+    """A stream that writes everything to `console` and to the log file, flushed per write.
+
+    Flushing every write means the log is complete up to the last line even when the process is
+    killed (CoOp's result parsers read `log.txt` of runs that may still be going). Neither side
+    ever raises into the code that printed: a console that is gone (a closed pipe, a lost
+    terminal) is reported once in the log, and the output goes on to the log only (the console's
+    descriptor is pointed at os.devnull, so that Python's own flush at exit cannot fail either);
+    a log file that fails is reported once on the console (see LogFile).
+    """
+
+    def __init__(self, console, file, name="stdout"):
+        self.console = console
+        self.log = file if isinstance(file, LogFile) else LogFile(getattr(file, "name", None), file)
+        self.name = name
+        self.console_error = None
+
+    @property
+    def file(self):
+        return self.log.file
+
+    def write(self, msg):
+        if self.console_error is None:
+            try:
+                self.console.write(msg)
+            except (OSError, ValueError) as error:
+                self._console_lost(error)
+        self.log.write(msg, self._live_console())
+        return len(msg)
+
+    def flush(self):
+        if self.console_error is None:
+            try:
+                self.console.flush()
+            except (OSError, ValueError) as error:
+                self._console_lost(error)
+        self.log.flush(self._live_console())
+
+    def _live_console(self):
+        return self.console if self.console_error is None else None
+
+    def _console_lost(self, error):
+        self.console_error = error
+        try:  # Python flushes the real stream at exit; give it a sink that cannot fail
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.console.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):
+            pass
+        where = f'"{self.log.path}" only' if self.log.usable else "nowhere (the log file failed too)"
+        self.log.write(f"\ngatescope: the console ({self.name}) is gone ({type(error).__name__}: {error}); the run "
+                       f"goes on, its output is written to {where}.\n", None)
+
+    def close(self):
+        self.log.close()
 
     def __getattr__(self, name):
         # isatty, encoding, fileno, ...: libraries such as tqdm ask the stream about the console.
-        if name == "console":  # not set yet (e.g. during copy): avoid infinite recursion
+        if name in ("console", "log"):  # not set yet (e.g. during copy): avoid infinite recursion
             raise AttributeError(name)
         return getattr(self.console, name)
 
@@ -127,6 +258,7 @@ def setup_logger(output=None):
     `log.txt`. An existing file is never overwritten: like Dassl, the new log's name gets
     `-%Y-%m-%d-%H-%M-%S` appended (e.g. `log.txt-2024-05-01-12-00-00`).
     Calling it again moves the tee to the new file (the console is not wrapped twice).
+    Raises OSError naming the path when the log file cannot be created.
     """
     if output is None:
         return None
@@ -135,17 +267,29 @@ def setup_logger(output=None):
     if osp.exists(fpath):
         fpath += time.strftime("-%Y-%m-%d-%H-%M-%S")
     mkdir_if_missing(osp.dirname(fpath))
-    log_file = open(fpath, "a", encoding="utf-8")
+    log_file = LogFile(fpath, open(fpath, "a", encoding="utf-8"))
 
     streams = {}
     for name in ("stdout", "stderr"):
-        current = getattr(sys, name)
-        if isinstance(current, Logger):  # unwrap an earlier setup_logger call
+        current, lost = getattr(sys, name), None
+        if isinstance(current, Logger):  # unwrap an earlier setup_logger / guard_console call
             current.close()
-            current = current.console
-        streams[name] = Logger(current, log_file)
+            current, lost = current.console, current.console_error
+        streams[name] = Logger(current, log_file, name)
+        if lost is not None:  # the console was gone before the log existed: say so in the log
+            streams[name]._console_lost(lost)
     sys.stdout, sys.stderr = streams["stdout"], streams["stderr"]
     return fpath
+
+
+def guard_console():
+    """Wrap stdout and stderr so that a console that goes away (a closed pipe, a lost terminal)
+    never raises into the code that prints, before the log file exists (`setup_logger` then
+    takes the console over, and notes in the log that it was lost)."""
+    for name in ("stdout", "stderr"):
+        current = getattr(sys, name)
+        if not isinstance(current, Logger) and current is not None:
+            setattr(sys, name, Logger(current, LogFile(None, None), name))
 
 
 def collect_env_info():
@@ -278,76 +422,3 @@ def atomic_write_bytes(path, data, kill_point_name=None):
     `kill_point_name` names the test kill point reached half-way through the write."""
     halfway = (lambda: kill_point(kill_point_name)) if kill_point_name else None
     plumbing.atomic_write_bytes(path, data, halfway=halfway)
-
-
-# ---------------------------------------------------------------- the run's config in its folder
-RUN_CONFIG_FILE = "config.yaml"
-# Keys that do not change what a run computes (where files are, how much is printed), and
-# OPTIM.MAX_EPOCH, so that a finished run can be extended by resuming it with more epochs.
-RESUMABLE_KEYS = ("OUTPUT_DIR", "RESUME", "CONFIG_FILE", "VERBOSE", "DATASET.ROOT", "TRAIN.PRINT_FREQ",
-                  "TRAIN.OVERWRITE", "DATALOADER.NUM_WORKERS", "OPTIM.MAX_EPOCH")
-
-
-class RunConfigMismatchError(RuntimeError):
-    """The output folder holds a run made with another config."""
-
-
-def _flatten(node, prefix=""):
-    flat = {}
-    for key, value in (node or {}).items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flatten(value, name + "."))
-        else:
-            flat[name] = value
-    return flat
-
-
-def config_differences(old_yaml, new_yaml, ignored=RESUMABLE_KEYS):
-    """[(key, old value, new value)] between two `cfg.dump()` texts, keys sorted, `ignored` left out.
-
-    A key present in only one of them shows `<absent>` for the other.
-    """
-    import yaml
-
-    old, new = _flatten(yaml.safe_load(old_yaml)), _flatten(yaml.safe_load(new_yaml))
-    absent = "<absent>"
-    return [(key, old.get(key, absent), new.get(key, absent)) for key in sorted(set(old) | set(new))
-            if key not in ignored and old.get(key, absent) != new.get(key, absent)]
-
-
-def claim_output_dir(cfg, output_dir, overwrite=False, previous_run_paths=()):
-    """Record `cfg` in `<output_dir>/config.yaml`, refusing a folder that holds another config's run.
-
-    No file yet: it is written. Same config (up to RESUMABLE_KEYS): rewritten, the run resumes.
-    Different: RunConfigMismatchError naming each differing key with both values, unless
-    `overwrite` (TRAIN.OVERWRITE True), which first deletes `previous_run_paths` (the old run's
-    checkpoint folders and result files, relative to `output_dir`) so nothing of it is resumed.
-    Returns the differing keys ([] when none).
-    """
-    if not output_dir:
-        return []
-    path = osp.join(output_dir, RUN_CONFIG_FILE)
-    new_text = cfg.dump()
-    differences = []
-    if osp.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            differences = config_differences(f.read(), new_text)
-    if differences and not overwrite:
-        listed = "\n".join(f"  {key}: {old!r} in the folder, {new!r} now" for key, old, new in differences)
-        raise RunConfigMismatchError(
-            f'The output folder "{output_dir}" holds a run made with a different config ({path}):\n{listed}\n'
-            "Resuming would mix two runs. Use another --output-dir, or add TRAIN.OVERWRITE True to delete "
-            "that run's checkpoints and results and start this one from scratch."
-        )
-    if differences:
-        print(f'TRAIN.OVERWRITE: replacing the run in "{output_dir}" (differing keys: '
-              f"{', '.join(key for key, _, _ in differences)})")
-        for rel in previous_run_paths:
-            target = osp.join(output_dir, rel)
-            if osp.isdir(target):
-                shutil.rmtree(target)
-            elif osp.exists(target):
-                os.remove(target)
-    atomic_write_bytes(path, new_text.encode("utf-8"))
-    return [key for key, _, _ in differences]
