@@ -159,6 +159,7 @@ class PromptTrainer(TrainerX):
             output = self.model(image)
             losses = self.compute_losses(output, label)
             loss = sum(losses.values())
+        self.batch_losses = losses  # the step's named terms, for the plugins (HookContext.batch_losses)
         stepped = self.backward_and_step(loss, losses)
         summary = None  # a skipped step (TRAIN.NONFINITE skip) adds nothing to the running means
         if stepped:
