@@ -23,10 +23,21 @@ def add_diagnostics_config(cfg):
     d.BOOTSTRAP = 1000  # resamples of the accuracy delta's bootstrap interval
     d.PERMUTATIONS = 200  # shuffles of the labels / domains for the MI permutation null
     d.EMBEDDING = True  # at each evaluation: image-text alignment, class separation, silhouette, text drift
-    # Probes at chosen epochs (1-based epoch numbers, the study used 1, 4, 9):
+    # Probes at chosen epochs (1-based epoch numbers; with DEFINITIONS study 0-based, as the study's 1, 4, 9):
     d.PROBE_EPOCHS = []  # fixed schedules, random gates, per-layer mean, noise on logits, loss competition
     d.PROBE_BATCHES = 4  # test batches used by the per-epoch probes (0: the whole test set)
     d.NOISE_SIGMAS = [0.1, 0.5, 1.0]  # Gaussian noise on gate logits (the study's sensitivity test)
+    # Whose definitions the probes use: "gatescope" (the README's), or "study": PROBE_EPOCHS are then
+    # 0-based epochs (the study's self.epoch) and each probe epoch also runs the study's experiments
+    # with its own definitions (diagnostics/study_probes.py) beside gatescope's. One of gatescope, study.
+    d.DEFINITIONS = "gatescope"
+    # A gate pattern is called a trend ("decay") only when its values span at least this much
+    # (max - min); a float >= 0. Correlations of values that differ by 1e-5 are rounding.
+    d.TREND_MIN_RANGE = 0.01
+    # True: validate every epoch (the study's trainers do) and write the study's per-epoch metrics
+    # file (AdaptiveMaPLe: visualizations/training_metrics.json; AdaptiveBiDirMaPLe and
+    # ImprovedAdaptiveBiDirMaPLe: visualizations_adaptive_bidir/training_metrics_adaptive_bidir.json).
+    d.STUDY_METRICS_FILE = False
     d.PLOTS = True  # grad_norms.png and gate_outputs.png
     # Accuracy moves in steps of 100 / N points, so a minimum accuracy change (0.5 points, below one
     # image of a 160-image test set) no longer decides; the functional test reads a KL in nats.
