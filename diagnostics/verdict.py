@@ -50,7 +50,10 @@ barely moves the class logits; here the same finding is measured by removing the
 
 A figure that is None (not measured, or not finite) skips its test, and a reason says so. `reasons`
 lists every finding with its numbers and threshold, also those outranked by the verdict, and the
-evidence that does not decide: the study's probes (noise on the gate logits, fixed schedules and a
+evidence that does not decide: the study's severe-gap rule (log10 gap > GAP_SEVERE) beside rho,
+saying when the two disagree and why (gap_reason: a group's L2 norm grows with the square root of
+its number of values, so gap = -log10(rho') + 0.5 log10(N_prompt / N_gate)), for gatescope's
+per-step gap and, with DIAGNOSTICS.DEFINITIONS study, the study's own A1 gap; the study's probes (noise on the gate logits, fixed schedules and a
 random gate of the same effective length: within SCHEDULE_GAIN_MIN points of the best means no real
 adaptation), the accuracy change with its bootstrap interval, and whether the gate's conditioning
 carries the label / domain (a linear probe, PROBE_MARGIN) and whether the gate's choice follows it
@@ -102,7 +105,8 @@ THRESHOLD_HELP = {
                     "accuracy beats always answering the commonest value by this many points",
     "MI_P_MAX": "evidence: the gate's choice follows the label / domain when MI's permutation p-value is below this",
     "WINDOW": "share of training steps, counted from the end, over which the step medians are taken",
-    "GAP_SEVERE": "evidence: the study's severe gradient magnitude gap log10(||grad prompt||_2 / ||grad gate||_2)",
+    "GAP_SEVERE": "evidence: the study's severe gradient magnitude gap log10(||grad prompt||_2 / ||grad gate||_2), "
+                  "reported beside rho with the part the group sizes make, 0.5 log10(N_prompt / N_gate)",
 }
 
 
@@ -480,8 +484,9 @@ def gate_verdict(figures, thresholds=None):
     no_task_grad_params, rho_task, rho_median, aux_share, signal_std, input_std, eval_input_std,
     repeat_std, saturation, choice_top_share, effective_options, moved, reference, kl_reference,
     kl_repeat, sensitivity_max, functional (its changed_share and n per set: decisions_changed), and
-    as evidence magnitude_gap, kl_all_on, kl_schedules, schedule_gain, schedule_best, linear_probe,
-    mi). thresholds: a dict or the cfg.DIAGNOSTICS node
+    as evidence magnitude_gap with gap_prompt_numel and gap_gate_numel, study_magnitude_gap with
+    study_gap_prompt_numel and study_gap_gate_numel, kl_all_on, kl_schedules, schedule_gain,
+    schedule_best, linear_probe, mi). thresholds: a dict or the cfg.DIAGNOSTICS node
     (missing keys take DEFAULT_THRESHOLDS). The rules are in this module's docstring.
     Raises ValueError for a kind other than mask or simplex.
     """
