@@ -135,6 +135,10 @@ class RunDiagnostics:
         if self.definitions not in DEFINITIONS:
             raise ValueError(f"DIAGNOSTICS.DEFINITIONS must be one of {DEFINITIONS}, got {self.definitions!r}: "
                              "'gatescope' for gatescope's figures, 'study' to add the study's experiments beside them")
+        trend = float(self.cfg.get("TREND_MIN_RANGE", 0.01))
+        if not (math.isfinite(trend) and trend >= 0):
+            raise ValueError(f"DIAGNOSTICS.TREND_MIN_RANGE must be a number >= 0 (the smallest max - min of gate values "
+                             f"called a trend), got {trend}")
         self.loss_means = LossMeans()
         study_outputs.check_metrics_file(trainer)
 

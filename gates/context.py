@@ -86,8 +86,8 @@ class HookContext:
     # ------------------------------------------------------------ the current batch
     batch_labels = _view("batch_labels", "Labels (B,) of the current training batch.")
     batch_domains = _view("batch_domains", "Domain labels (B,) of the current training batch, or None.")
-    batch_losses = _view("batch_losses", "The current training step's named loss terms {name: scalar tensor} "
-                                         "(compute_losses; their sum is the loss minimised).")
+    batch_losses = _view("batch_losses", "The current training step's named loss terms {name: scalar tensor, "
+                                         "detached} (compute_losses; their sum is the loss minimised).")
 
     @property
     def loss_weights(self):

@@ -408,3 +408,13 @@ def test_the_study_s_gate_tags_every_step_for_a_gate_of_256_options(demo_root, t
         assert d_eff[step] == pytest.approx(float(p.sum()), rel=1e-5)  # after the step, as the study reads it
         assert std[step] == pytest.approx(float(p.std()), rel=1e-4)  # Bessel-corrected
         assert steps[step]["gates"][name]["study"]["std_p"] == pytest.approx(float(p.std()), rel=1e-6)
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("DIAGNOSTICS.DEFINITIONS", "paper", r"DIAGNOSTICS.DEFINITIONS must be one of \('gatescope', 'study'\), got 'paper'"),
+    ("DIAGNOSTICS.TREND_MIN_RANGE", -0.1, r"DIAGNOSTICS.TREND_MIN_RANGE must be a number >= 0"),
+])
+def test_bad_definition_keys_name_the_key(demo_root, tmp_path, key, value, message):
+    trainer = build_demo_trainer(demo_root, tmp_path, trainer="CoOpGated", opts=FAST + (key, value))
+    with pytest.raises(Exception, match=message):
+        trainer.train()
