@@ -1,7 +1,7 @@
 """The `DIAGNOSTICS` config node (added through the plugin's gatescope_add_config hook)."""
 from yacs.config import CfgNode as CN
 
-from gates.config_spec import above, at_least, between, declare, each
+from gates.config_spec import above, at_least, between, declare, declare_rule, each, one_of
 
 from .verdict import DEFAULT_THRESHOLDS
 
@@ -53,6 +53,22 @@ def add_diagnostics_config(cfg):
             WINDOW=between(0, 1, lo_open=True), GAP_SEVERE=at_least(0),
             TRAIN_BATCHES=at_least(0, "0: the whole training set"), GRAD_BATCHES=at_least(0, "0: none"),
             BOOTSTRAP=at_least(1), PERMUTATIONS=at_least(1),
-            PROBE_EPOCHS=each(at_least(1, "1-based epoch numbers")), PROBE_BATCHES=at_least(0, "0: the whole test set"),
-            NOISE_SIGMAS=each(above(0)))
+            PROBE_EPOCHS=each(at_least(0, "epoch numbers: from 1, or from 0 with DEFINITIONS study")),
+            PROBE_BATCHES=at_least(0, "0: the whole test set"), NOISE_SIGMAS=each(above(0)),
+            DEFINITIONS=one_of(*DEFINITIONS), TREND_MIN_RANGE=at_least(0, "gate-value units"))
+    declare_rule(d, _probe_epochs_count_as_defined)
     return cfg
+
+
+DEFINITIONS = ("gatescope", "study")  # DIAGNOSTICS.DEFINITIONS (recorder.py reads the choice)
+
+
+def _probe_epochs_count_as_defined(cfg):
+    """Epoch 0 exists only where PROBE_EPOCHS count from 0 (DEFINITIONS study)."""
+    d = cfg.DIAGNOSTICS
+    if d.DEFINITIONS != "study" and any(int(e) < 1 for e in d.PROBE_EPOCHS):
+        return "DIAGNOSTICS.PROBE_EPOCHS", (
+            f"DIAGNOSTICS.PROBE_EPOCHS {list(d.PROBE_EPOCHS)} holds an epoch below 1, but with DIAGNOSTICS.DEFINITIONS "
+            f"{d.DEFINITIONS} epochs are numbered from 1 (the first epoch is 1); number them from 1, or set "
+            "DIAGNOSTICS.DEFINITIONS study to count from 0 as the study's code does")
+    return None

@@ -18,8 +18,6 @@ from .study_probes import study_probes
 from .verdict import DEFAULT_THRESHOLDS, decisions_changed, gate_verdict, probe_flags
 
 MAX_OPTIONS_LISTED = 64  # per-option lists are kept in the step records up to this many options
-# DIAGNOSTICS.DEFINITIONS: gatescope's figures alone, or the study's experiments beside them.
-DEFINITIONS = ("gatescope", "study")
 OUTPUT_SAMPLE_PER_EPOCH = 4096  # gate values kept per gate and epoch for the distribution plot
 
 
@@ -131,14 +129,8 @@ class RunDiagnostics:
         self.before_step = None
         self.steps_written = 0
         self.global_step = 0
+        # "gatescope" or "study" (declared in config.py, checked with the config)
         self.definitions = str(self.cfg.get("DEFINITIONS", "gatescope"))
-        if self.definitions not in DEFINITIONS:
-            raise ValueError(f"DIAGNOSTICS.DEFINITIONS must be one of {DEFINITIONS}, got {self.definitions!r}: "
-                             "'gatescope' for gatescope's figures, 'study' to add the study's experiments beside them")
-        trend = float(self.cfg.get("TREND_MIN_RANGE", 0.01))
-        if not (math.isfinite(trend) and trend >= 0):
-            raise ValueError(f"DIAGNOSTICS.TREND_MIN_RANGE must be a number >= 0 (the smallest max - min of gate values "
-                             f"called a trend), got {trend}")
         self.loss_means = LossMeans()
         study_outputs.check_metrics_file(trainer)
 

@@ -410,11 +410,18 @@ def test_the_study_s_gate_tags_every_step_for_a_gate_of_256_options(demo_root, t
         assert steps[step]["gates"][name]["study"]["std_p"] == pytest.approx(float(p.std()), rel=1e-6)
 
 
-@pytest.mark.parametrize("key,value,message", [
-    ("DIAGNOSTICS.DEFINITIONS", "paper", r"DIAGNOSTICS.DEFINITIONS must be one of \('gatescope', 'study'\), got 'paper'"),
-    ("DIAGNOSTICS.TREND_MIN_RANGE", -0.1, r"DIAGNOSTICS.TREND_MIN_RANGE must be a number >= 0"),
+@pytest.mark.parametrize("opts,message", [
+    (("DIAGNOSTICS.DEFINITIONS", "paper"), r"DIAGNOSTICS.DEFINITIONS"),
+    (("DIAGNOSTICS.TREND_MIN_RANGE", -0.1), r"DIAGNOSTICS.TREND_MIN_RANGE"),
+    (("DIAGNOSTICS.PROBE_EPOCHS", "[0, 1]"), r"holds an epoch below 1, but with DIAGNOSTICS.DEFINITIONS gatescope "
+                                             r"epochs are numbered from 1"),
 ])
-def test_bad_definition_keys_name_the_key(demo_root, tmp_path, key, value, message):
-    trainer = build_demo_trainer(demo_root, tmp_path, trainer="CoOpGated", opts=FAST + (key, value))
-    with pytest.raises(Exception, match=message):
-        trainer.train()
+def test_bad_definition_keys_are_refused_with_the_config(demo_root, tmp_path, opts, message):
+    import trainers
+    from conftest import demo_args
+
+    with pytest.raises(ValueError, match=message):
+        trainers.setup_cfg(demo_args(demo_root, tmp_path, "CoOpGated", opts=opts))
+    cfg = trainers.setup_cfg(demo_args(demo_root, tmp_path, "CoOpGated", opts=(
+        "DIAGNOSTICS.PROBE_EPOCHS", "[0, 1]", "DIAGNOSTICS.DEFINITIONS", "study")))
+    assert list(cfg.DIAGNOSTICS.PROBE_EPOCHS) == [0, 1]
