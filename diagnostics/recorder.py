@@ -673,7 +673,7 @@ def study_gap_figures(study):
 def grad_clip_summary(steps):
     """OPTIM.GRAD_CLIP over `steps`: max_norm, the median pre-clip total norm and clip coefficient,
     and clipped_share, the share of steps whose gradients were scaled down (coef < 1). None when
-    no step was clipped-checked (clipping off)."""
+    clipping was off."""
     clips = [s["grad_clip"] for s in steps if s.get("grad_clip")]
     if not clips:
         return None
