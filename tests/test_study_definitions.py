@@ -1,15 +1,20 @@
 """The study's diagnostic definitions (DIAGNOSTICS.DEFINITIONS study) beside gatescope's, on
 hand-computed cases: each test shows the number the study's formula gives and, where gatescope's
 definition differs, gatescope's number for the same input (the README's table lists them)."""
+import json
 import math
 
 import pytest
 import torch
 
+from conftest import build_demo_trainer, demo_args
 from diagnostics import metrics as M
 from diagnostics import probes
 from diagnostics import study_metrics as S
 from diagnostics.verdict import gap_reason, gate_verdict, probe_flags
+from gates import hookimpl
+from gates.plumbing import fork_rng
+from trainers.plugins import get_plugins
 
 
 # ------------------------------------------------------------------ A1: the gradient gap
@@ -211,13 +216,6 @@ def test_probe_flags_for_the_summary():
 
 
 # ------------------------------------------------------------------ on a run
-import json  # noqa: E402
-
-from conftest import build_demo_trainer  # noqa: E402
-from gates import hookimpl  # noqa: E402
-from gates.plumbing import fork_rng  # noqa: E402
-from trainers.plugins import get_plugins  # noqa: E402
-
 FAST = ("OPTIM.MAX_EPOCH", 1, "DATASET.NUM_SHOTS", 2, "DIAGNOSTICS.PLOTS", False)
 
 
@@ -418,7 +416,6 @@ def test_the_study_s_gate_tags_every_step_for_a_gate_of_256_options(demo_root, t
 ])
 def test_bad_definition_keys_are_refused_with_the_config(demo_root, tmp_path, opts, message):
     import trainers
-    from conftest import demo_args
 
     with pytest.raises(ValueError, match=message):
         trainers.setup_cfg(demo_args(demo_root, tmp_path, "CoOpGated", opts=opts))
