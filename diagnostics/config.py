@@ -1,7 +1,7 @@
 """The `DIAGNOSTICS` config node (added through the plugin's gatescope_add_config hook)."""
 from yacs.config import CfgNode as CN
 
-from gates.config_spec import above, at_least, between, declare, each
+from gates.config_spec import above, at_least, between, declare, declare_rule, each, one_of
 
 from .verdict import DEFAULT_THRESHOLDS
 
@@ -23,10 +23,21 @@ def add_diagnostics_config(cfg):
     d.BOOTSTRAP = 1000  # resamples of the accuracy delta's bootstrap interval
     d.PERMUTATIONS = 200  # shuffles of the labels / domains for the MI permutation null
     d.EMBEDDING = True  # at each evaluation: image-text alignment, class separation, silhouette, text drift
-    # Probes at chosen epochs (1-based epoch numbers, the study used 1, 4, 9):
+    # Probes at chosen epochs (1-based epoch numbers; with DEFINITIONS study 0-based, as the study's 1, 4, 9):
     d.PROBE_EPOCHS = []  # fixed schedules, random gates, per-layer mean, noise on logits, loss competition
     d.PROBE_BATCHES = 4  # test batches used by the per-epoch probes (0: the whole test set)
     d.NOISE_SIGMAS = [0.1, 0.5, 1.0]  # Gaussian noise on gate logits (the study's sensitivity test)
+    # Whose definitions the probes use: "gatescope" (the README's), or "study": PROBE_EPOCHS are then
+    # 0-based epochs (the study's self.epoch) and each probe epoch also runs the study's experiments
+    # with its own definitions (diagnostics/study_probes.py) beside gatescope's. One of gatescope, study.
+    d.DEFINITIONS = "gatescope"
+    # A gate pattern is called a trend ("decay") only when its values span at least this much
+    # (max - min); a float >= 0. Correlations of values that differ by 1e-5 are rounding.
+    d.TREND_MIN_RANGE = 0.01
+    # True: validate every epoch (the study's trainers do) and write the study's per-epoch metrics
+    # file (AdaptiveMaPLe: visualizations/training_metrics.json; AdaptiveBiDirMaPLe and
+    # ImprovedAdaptiveBiDirMaPLe: visualizations_adaptive_bidir/training_metrics_adaptive_bidir.json).
+    d.STUDY_METRICS_FILE = False
     d.PLOTS = True  # grad_norms.png and gate_outputs.png
     # Accuracy moves in steps of 100 / N points, so a minimum accuracy change (0.5 points, below one
     # image of a 160-image test set) no longer decides; the functional test reads a KL in nats.
@@ -42,6 +53,22 @@ def add_diagnostics_config(cfg):
             WINDOW=between(0, 1, lo_open=True), GAP_SEVERE=at_least(0),
             TRAIN_BATCHES=at_least(0, "0: the whole training set"), GRAD_BATCHES=at_least(0, "0: none"),
             BOOTSTRAP=at_least(1), PERMUTATIONS=at_least(1),
-            PROBE_EPOCHS=each(at_least(1, "1-based epoch numbers")), PROBE_BATCHES=at_least(0, "0: the whole test set"),
-            NOISE_SIGMAS=each(above(0)))
+            PROBE_EPOCHS=each(at_least(0, "epoch numbers: from 1, or from 0 with DEFINITIONS study")),
+            PROBE_BATCHES=at_least(0, "0: the whole test set"), NOISE_SIGMAS=each(above(0)),
+            DEFINITIONS=one_of(*DEFINITIONS), TREND_MIN_RANGE=at_least(0, "gate-value units"))
+    declare_rule(d, _probe_epochs_count_as_defined)
     return cfg
+
+
+DEFINITIONS = ("gatescope", "study")  # DIAGNOSTICS.DEFINITIONS (recorder.py reads the choice)
+
+
+def _probe_epochs_count_as_defined(cfg):
+    """Epoch 0 exists only where PROBE_EPOCHS count from 0 (DEFINITIONS study)."""
+    d = cfg.DIAGNOSTICS
+    if d.DEFINITIONS != "study" and any(int(e) < 1 for e in d.PROBE_EPOCHS):
+        return "DIAGNOSTICS.PROBE_EPOCHS", (
+            f"DIAGNOSTICS.PROBE_EPOCHS {list(d.PROBE_EPOCHS)} holds an epoch below 1, but with DIAGNOSTICS.DEFINITIONS "
+            f"{d.DEFINITIONS} epochs are numbered from 1 (the first epoch is 1); number them from 1, or set "
+            "DIAGNOSTICS.DEFINITIONS study to count from 0 as the study's code does")
+    return None

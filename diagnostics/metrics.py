@@ -203,18 +203,24 @@ def relative_update(before, after):
     that starts at zero, e.g. a zero-initialised bias, has no relative scale) or when there are no
     entries.
     """
-    before, after = _present(before), _present(after)
+    before = [t.detach().reshape(-1) for t in before if t is not None]
+    after = [t.detach().reshape(-1) for t in after if t is not None]
     if len(before) != len(after):
         raise ValueError(f"relative_update: {len(before)} tensors before the step but {len(after)} after; "
                          "pass the same parameters, in the same order, to both")
-    diff_sq, base_sq = 0.0, 0.0
     for i, (b, a) in enumerate(zip(before, after)):
         if b.numel() != a.numel():
             raise ValueError(f"relative_update: tensor {i} has {b.numel()} entries before the step and "
                              f"{a.numel()} after; pass copies of the same parameters")
-        a = a.to(b.device)
-        diff_sq += float(((a - b) ** 2).sum())
-        base_sq += float((b * b).sum())
+    if not before:
+        return None
+    # Per tensor a norm accumulated in float64 (the difference of two nearby floats is exact in
+    # their dtype), then one transfer to the host: this runs at every logged step.
+    device = before[0].device
+    diff = torch.stack([torch.linalg.vector_norm(a.to(b.device) - b, dtype=torch.float64).to(device)
+                        for b, a in zip(before, after)])
+    base = torch.stack([torch.linalg.vector_norm(b, dtype=torch.float64).to(device) for b in before])
+    diff_sq, base_sq = torch.stack([(diff * diff).sum(), (base * base).sum()]).tolist()
     if base_sq == 0.0:
         return None
     return finite_or_none(math.sqrt(diff_sq) / math.sqrt(base_sq))
@@ -239,6 +245,17 @@ def fp16_underflow(grads, min_threshold=1e-7, tiny=1e-8, share=0.2):
     nonzero = [t for t in nonzero if t.numel()]
     min_abs = min(float(t.min()) for t in nonzero) if nonzero else None
     share_tiny = n_tiny / n
+    underflow = (min_abs is not None and min_abs < min_threshold) or share_tiny > share
+    return {"min_abs_nonzero": min_abs, "share_tiny": share_tiny, "underflow": bool(underflow)}
+
+
+def fp16_underflow_of_stats(stats, min_threshold=1e-7, share=0.2):
+    """fp16_underflow (with tiny 1e-8) read from grad_stats of the same gradients, whose
+    min_abs_nonzero and share_below_1e-8 are the same figures: no second pass over them (this runs
+    at every logged step)."""
+    if not stats.get("numel"):
+        return {"min_abs_nonzero": None, "share_tiny": None, "underflow": False}
+    min_abs, share_tiny = stats["min_abs_nonzero"], stats["share_below_1e-8"]
     underflow = (min_abs is not None and min_abs < min_threshold) or share_tiny > share
     return {"min_abs_nonzero": min_abs, "share_tiny": share_tiny, "underflow": bool(underflow)}
 
@@ -549,7 +566,7 @@ def choice_top_share(choices):
     return float(counts.max()) / c.numel()
 
 
-def pattern_stats(values, *, uniform_std=0.1, decay_corr=-0.5):
+def pattern_stats(values, *, uniform_std=0.1, decay_corr=-0.5, trend_min_range=0.01):
     """The study's pattern figures for a 1-D vector v of gate values in [0, 1].
 
     v is e.g. sigma(g) of a per-task length/depth gate, or a gate's per-option means.
@@ -558,19 +575,25 @@ def pattern_stats(values, *, uniform_std=0.1, decay_corr=-0.5):
       binary_entropy = mean_i -(v_i ln v_i + (1-v_i) ln(1-v_i))   (nats, 0 ln 0 = 0)
       effective_length = #{i : v_i > 0.5}     (an int)
       depth_monotonicity = Pearson corr(i, v_i) over i = 0..n-1   (None if v is constant or n < 2)
-      decay = depth_monotonicity < decay_corr (-0.5)
+      range = max v - min v
+      decay = depth_monotonicity < decay_corr (-0.5) and range >= trend_min_range (0.01, the
+              DIAGNOSTICS.TREND_MIN_RANGE): a correlation does not depend on the scale, so values
+              that differ by 1e-5 (a gate that barely moved from a constant init) would otherwise
+              be called a trend
     Flags are False when their figure is None; for an empty vector every figure is None.
     """
     v = _as_float64(values, "pattern_stats").reshape(-1)
     if v.numel() == 0:
         return {"std": None, "uniform": False, "binary_entropy": None, "effective_length": None,
-                "depth_monotonicity": None, "decay": False}
+                "depth_monotonicity": None, "range": None, "decay": False}
     std = finite_or_none(v.std(correction=0).item())
     corr = _pearson(torch.arange(v.numel(), dtype=torch.float64), v) if v.numel() >= 2 else None
+    spread = finite_or_none((v.max() - v.min()).item())
     return {"std": std, "uniform": std is not None and std < uniform_std,
             "binary_entropy": finite_or_none(_binary_entropy_nats(v).mean().item()),
             "effective_length": int((v > 0.5).sum()),
-            "depth_monotonicity": corr, "decay": corr is not None and corr < decay_corr}
+            "depth_monotonicity": corr, "range": spread,
+            "decay": corr is not None and corr < decay_corr and spread is not None and spread >= trend_min_range}
 
 
 def logit_sensitivity(base_logits, noisy_logits_by_sigma, *, inert_below=0.01):

@@ -6,14 +6,16 @@ outputs as they are emitted (plus a tensor hook on each, which reads dL/dg and r
 and evaluations that run under `probes.quiet_probe`. Records are plain dicts written as JSON lines.
 """
 import json
+import math
 import os
 
 import torch
 
 from gates.contract import apply_test_mode
 
-from . import metrics, probes, report
-from .verdict import DEFAULT_THRESHOLDS, decisions_changed, gate_verdict
+from . import metrics, probes, report, study_metrics, study_outputs
+from .study_probes import study_probes
+from .verdict import DEFAULT_THRESHOLDS, decisions_changed, gate_verdict, probe_flags
 
 MAX_OPTIONS_LISTED = 64  # per-option lists are kept in the step records up to this many options
 OUTPUT_SAMPLE_PER_EPOCH = 4096  # gate values kept per gate and epoch for the distribution plot
@@ -34,6 +36,7 @@ class GateTrack:
         self.count = 0
         self.choices, self.labels, self.domains = [], [], []
         self.sample = []
+        self.sampled = 0
         self.train_mean = None  # the last finished epoch's mean output (K,)
         # A per-task gate's values at initialisation (K,): its first training output, taken before
         # any optimizer step; restored from epochs.jsonl after a resume, unknown in eval-only runs.
@@ -43,6 +46,7 @@ class GateTrack:
     def start_epoch(self):
         self.sum, self.count = None, 0
         self.choices, self.labels, self.domains, self.sample = [], [], [], []
+        self.sampled = 0  # gate values in self.sample
 
     def add(self, output, labels=None, domains=None):
         x = output.detach().to(torch.float64)
@@ -52,8 +56,9 @@ class GateTrack:
         rows = x.sum(0)
         self.sum = rows if self.sum is None else self.sum + rows
         self.count += x.shape[0]
-        if sum(s.numel() for s in self.sample) < OUTPUT_SAMPLE_PER_EPOCH:
+        if self.sampled < OUTPUT_SAMPLE_PER_EPOCH:
             self.sample.append(x.reshape(-1).float().cpu())
+            self.sampled += x.numel()
         if labels is not None and self.head.input_dependent and x.shape[0] == labels.shape[0]:
             self.choices.append(metrics.choices_from_gate(x, self.kind).cpu())
             self.labels.append(labels.detach().cpu())
@@ -79,6 +84,34 @@ class GateTrack:
         return result
 
 
+class LossMeans:
+    """The training loss of an epoch, term by term: the mean over the epoch's finite steps of each
+    named term (a term absent from a step counts 0 there, so the terms' means add up to the mean
+    total). Summed on the loss's device, one small stack per step: no host sync per step."""
+
+    def __init__(self):
+        self.sums = {}  # {term names of a step (tuple): summed values (float64 vector)}
+        self.steps = 0
+
+    def add(self, losses):
+        if not losses:
+            return
+        names = tuple(losses)
+        values = torch.stack([v.detach().reshape(()).float() for v in losses.values()]).double()
+        self.sums[names] = values if names not in self.sums else self.sums[names] + values
+        self.steps += 1
+
+    def result(self):
+        """{"losses": {term: mean}, "train_loss": mean total} (None and {} before any step)."""
+        if not self.steps:
+            return {"losses": {}, "train_loss": None}
+        means = {}
+        for names, values in self.sums.items():
+            for name, value in zip(names, values.tolist()):
+                means[name] = means.get(name, 0.0) + value / self.steps
+        return {"losses": means, "train_loss": sum(means.values())}
+
+
 class RunDiagnostics:
     def __init__(self, context):
         # The run's gates.HookContext: it offers the trainer's names (epoch, model, loaders, ...),
@@ -96,6 +129,10 @@ class RunDiagnostics:
         self.before_step = None
         self.steps_written = 0
         self.global_step = 0
+        # "gatescope" or "study" (declared in config.py, checked with the config)
+        self.definitions = str(self.cfg.get("DEFINITIONS", "gatescope"))
+        self.loss_means = LossMeans()
+        study_outputs.check_metrics_file(trainer)
 
     # ------------------------------------------------------------------ lifecycle
     def before_train(self):
@@ -138,6 +175,7 @@ class RunDiagnostics:
     def before_epoch(self):
         for track in self.tracks.values():
             track.start_epoch()
+        self.loss_means = LossMeans()
 
     def logging_now(self):
         t = self.trainer
@@ -158,6 +196,10 @@ class RunDiagnostics:
         if output.shape[1] > MAX_OPTIONS_LISTED:
             record.pop("per_option_mean")
             record.pop("per_option_std")
+        if track.kind == "mask" and track.head.input_dependent:
+            # The study's per-step figures, whatever the gate's size, on the batch-mean gate
+            # (its CoCoOp's conditional gate); grad_norm is filled after the step.
+            record["study"] = study_metrics.gate_step_figures(output.detach().mean(0), [])
         self.step_record()["gates"][name] = record
         if output.requires_grad:
             def read_grad(grad, record=record):
@@ -174,6 +216,8 @@ class RunDiagnostics:
         return self.current
 
     def after_backward(self):
+        # Every finite step (a skipped one never reaches after_backward): the epoch's loss means.
+        self.loss_means.add(getattr(self.trainer, "batch_losses", None))
         if not self.logging_now():
             return
         rec = self.step_record()
@@ -184,7 +228,7 @@ class RunDiagnostics:
         if gate is not None:
             rec["rho"] = _rho(gate, prompt)
             rec["magnitude_gap"] = metrics.magnitude_gap(prompt.get("l2"), gate.get("l2"))
-            underflow = metrics.fp16_underflow([p.grad for p in self.group_params["gate"]])
+            underflow = metrics.fp16_underflow_of_stats(gate)
             if getattr(self.trainer, "prec", "fp32") not in ("fp16", "amp"):
                 underflow["underflow"] = None  # fp32 gradients: tiny or zero entries are not underflow
             rec["fp16_underflow"] = underflow
@@ -200,7 +244,7 @@ class RunDiagnostics:
                 # A single gate holding the whole "gate" group: its figures are the group's.
                 same = len(self.tracks) == 1 and len(params) == len(self.group_params.get("gate", ()))
                 stats = gate if same and gate is not None else metrics.grad_stats([p.grad for p in params])
-                g.update(grad_l2=stats["l2"], grad_rms=stats["rms"], rho=_rho(stats, prompt),
+                g.update(grad_l2=stats["l2"], grad_rms=stats["rms"], grad_numel=stats["numel"], rho=_rho(stats, prompt),
                          magnitude_gap=metrics.magnitude_gap(prompt.get("l2"), stats["l2"]))
             logits = getattr(track.head.gate, "last_logits", None)
             if logits is not None:
@@ -220,18 +264,45 @@ class RunDiagnostics:
 
     def record_received(self):
         """What the optimizer received, after every plugin's after_backward (remedies rescale or
-        drop gradients there; optimizer.step does not modify .grad): per group `received_rms`
-        (0.0 when no tensor of the group had a gradient, i.e. the group was frozen), and
-        `rho_received` = received_rms(gate) / received_rms(prompt). The raw figures ("rms",
-        "rho") are read in after_backward, before any remedy."""
+        drop gradients there) and OPTIM.GRAD_CLIP (optimizer.step does not modify .grad): per group
+        `received_rms` and `received_l2` (0.0 when no tensor of the group had a gradient, i.e. the
+        group was frozen), and `rho_received` = received_rms(gate) / received_rms(prompt). The raw
+        figures ("rms", "l2", "rho") are read in after_backward, before any remedy and the clip.
+
+        With clipping on, `grad_clip` = {max_norm, total_norm (L2 of every gradient before the
+        clip, after the remedies), coef = min(1, max_norm / (total_norm + 1e-6))}: a global clip
+        multiplies every group by coef, so it changes the update sizes, not rho.
+
+        Each mask gate also gets the study's per-step figures (`study`: d_eff, mean_p, std_p,
+        entropy, grad_norm; study_metrics.gate_step_figures), whatever its number of options: for
+        a per-task gate on its values after the step (as the study's CoOp reads them), for an
+        input-dependent one on the step's batch-mean output; grad_norm from what it received."""
         received = {}
         for name, params in self.group_params.items():
             grads = [p.grad for p in params]
-            rms = metrics.rms(grads) if any(g is not None for g in grads) else 0.0
+            numel = sum(g.numel() for g in grads if g is not None)
+            rms = metrics.rms(grads) if numel else 0.0
             received[name] = rms
-            self.current["groups"].setdefault(name, {})["received_rms"] = rms
+            group = self.current["groups"].setdefault(name, {})
+            group["received_rms"] = rms
+            group["received_l2"] = rms * math.sqrt(numel) if rms is not None else None
         if "gate" in received:
             self.current["rho_received"] = metrics.ratio(received["gate"], received.get("prompt"))
+        clip = getattr(self.trainer, "last_grad_clip", None)
+        if clip is not None:
+            total = metrics.finite_or_none(clip["total_norm"])
+            self.current["grad_clip"] = {"max_norm": clip["max_norm"], "total_norm": total,
+                                         "coef": min(1.0, clip["max_norm"] / (total + 1e-6)) if total is not None else None}
+        for name, track in self.tracks.items():
+            if track.kind != "mask":
+                continue
+            grads = [p.grad for p in track.head.parameters() if p.requires_grad]
+            g = self.current["gates"].setdefault(name, {})
+            if track.head.input_dependent:
+                if "study" in g:
+                    g["study"]["grad_norm"] = study_metrics.gate_grad_norm(grads)
+            else:
+                g["study"] = study_metrics.gate_step_figures(task_gate_values(track.head), grads)
 
     def after_epoch(self):
         t = self.trainer
@@ -245,16 +316,47 @@ class RunDiagnostics:
             if track.train_mean is not None:
                 entry["train_mean"] = track.train_mean.tolist() if track.train_mean.numel() <= MAX_OPTIONS_LISTED else None
                 if track.kind == "mask":
-                    entry["pattern"] = metrics.pattern_stats(track.train_mean)
+                    entry["pattern"] = metrics.pattern_stats(track.train_mean,
+                                                             trend_min_range=float(self.cfg.TREND_MIN_RANGE))
             entry["output_sample"] = torch.cat(track.sample).tolist() if track.sample else []
             record["gates"][name] = entry
-        if (t.epoch + 1) in [int(e) for e in self.cfg.PROBE_EPOCHS]:
+        record.update(self.loss_means.result())
+        record["loss_weights"] = getattr(t, "loss_weights", {}) or {}
+        record["val_acc"] = self.epoch_val_acc()
+        if self.probe_epoch_now():
             record["probes"] = self.epoch_probes()
+            if self.definitions == "study":
+                record["study_probes"] = study_probes(t, [float(s) for s in self.cfg.NOISE_SIGMAS],
+                                                      float(self.cfg.TREND_MIN_RANGE),
+                                                      float(self.cfg.SENSITIVITY_MIN))
         self.epochs.append(record)
+        study_outputs.write_metrics_file(t, self.epochs, self.steps)
         report.append_jsonl(os.path.join(self.dir, "steps.jsonl"), self.steps[self.steps_written:])
         self.steps_written = len(self.steps)
         report.append_jsonl(os.path.join(self.dir, "epochs.jsonl"), [record])
         report.write_scalars(t, record, epoch_steps)
+
+    def probe_epoch_now(self):
+        """Whether this epoch runs the probes: DIAGNOSTICS.PROBE_EPOCHS lists 1-based epoch numbers
+        (gatescope), or the study's 0-based `self.epoch` values under DEFINITIONS study (its
+        [1, 4, 9] are the 2nd, 5th and 10th epochs)."""
+        number = self.trainer.epoch + (0 if self.definitions == "study" else 1)
+        return number in [int(e) for e in self.cfg.PROBE_EPOCHS]
+
+    def epoch_val_acc(self):
+        """This epoch's validation accuracy (%): the trainer's own validation (TEST.FINAL_MODEL
+        best_val), else, with DIAGNOSTICS.STUDY_METRICS_FILE, one pass over the validation set
+        (the test set without one, as Dassl's test("val")) in eval mode under quiet_probe, as the
+        study's trainers validate every epoch; else None."""
+        t = self.trainer
+        for entry in reversed(self.evaluations):
+            if entry.get("epoch") == t.epoch and entry.get("split") == "val":
+                return entry.get("acc")
+        if not self.cfg.STUDY_METRICS_FILE:
+            return None
+        loader = t.val_loader if t.val_loader is not None else t.test_loader
+        with probes.quiet_probe(t):
+            return probes.evaluate(t, loader)
 
     def after_test(self, split, results):
         t = self.trainer
@@ -469,6 +571,7 @@ class RunDiagnostics:
         window = metrics.tail(self.steps, float(cfg.DIAGNOSTICS.WINDOW))
         last_eval = self.evaluations[-1] if self.evaluations else {"gates": {}}
         gates = {}
+        last_study = next(((e["epoch"], e["study_probes"]) for e in reversed(self.epochs) if "study_probes" in e), None)
         for name, track in self.tracks.items():
             fig = self.window_figures(name, window)
             last_epoch = next((e["gates"].get(name, {}) for e in reversed(self.epochs)), {})
@@ -491,7 +594,10 @@ class RunDiagnostics:
                 gate[key] = None
             # Evaluation figures (the last evaluation): function, input dependence, task gradient.
             gate.update(last_eval["gates"].get(name, {}))
-            gate.update(self.probe_figures(name))
+            gate.update(self.gap_sizes(name, window))
+            gate.update(self.probe_figures(name, th))
+            if last_study is not None:
+                gate.update(study_gap_figures(last_study[1]))
             gate["decisions_changed"] = decisions_changed(gate)[0]
             gate["verdict"], gate["reasons"] = gate_verdict(gate, th)
             gates[name] = gate
@@ -504,28 +610,77 @@ class RunDiagnostics:
             "embedding": last_eval.get("embedding"),
             "fp16_underflow_share": (sum(bool(u) for u in underflow) / len(underflow)) if underflow else None,
             "nonfinite_skips": int(getattr(t, "nonfinite_skips", 0)),
+            "grad_clip": grad_clip_summary(window),
+            "definitions": self.definitions,
+            "study_probes": {"epoch": last_study[0], **last_study[1]} if last_study is not None else None,
             "evaluations": self.evaluations,
         }
 
-    def probe_figures(self, name):
-        """From the last epoch with the study's probes (DIAGNOSTICS.PROBE_EPOCHS): the noise test's
-        sensitivity_max, and schedule_gain = learned accuracy minus the best of the fixed schedules
-        and the random gate of the same effective length (schedule_best names it)."""
-        last = next((e["probes"].get(name) for e in reversed(self.epochs) if name in e.get("probes", {})), None)
+    def probe_figures(self, name, thresholds):
+        """From the last epoch with probes (DIAGNOSTICS.PROBE_EPOCHS): the noise test's
+        sensitivity_max, schedule_gain = learned accuracy minus the best of the fixed schedules
+        and the random gate of the same effective length (schedule_best names it), and `probes`:
+        that epoch's probe results with the study's flags (verdict.probe_flags) and the gate's
+        pattern of that epoch."""
+        last = next((e for e in reversed(self.epochs) if name in e.get("probes", {})), None)
         if not last:
             return {}
-        out = {"sensitivity_max": (last.get("sensitivity") or {}).get("max")}
-        schedules = last.get("schedules") or {}
-        others = {k: v for k, v in schedules.items() if k not in ("learned", "per_layer_mean") and v is not None}
-        if schedules.get("learned") is not None and others:
-            best = max(others, key=others.get)
-            out.update(schedule_gain=schedules["learned"] - others[best], schedule_best=best)
+        record = last["probes"][name]
+        out = {"sensitivity_max": (record.get("sensitivity") or {}).get("max")}
+        flagged = probe_flags(record, thresholds)
+        schedules = flagged.get("schedules") or {}
+        if schedules.get("gain") is not None:
+            out.update(schedule_gain=schedules["gain"], schedule_best=schedules["best"])
+        pattern = last["gates"].get(name, {}).get("pattern")
+        out["probes"] = {"epoch": last["epoch"], **flagged, **({"pattern": pattern} if pattern else {})}
         return out
+
+    def gap_sizes(self, name, steps):
+        """The sizes behind the per-step magnitude_gap, from the last logged step that has them:
+        gap_prompt_numel (the "prompt" group's values) and gap_gate_numel (this gate's)."""
+        for s in reversed(steps):
+            n_gate = s["gates"].get(name, {}).get("grad_numel")
+            n_prompt = s.get("groups", {}).get("prompt", {}).get("numel")
+            if n_gate and n_prompt:
+                return {"gap_prompt_numel": n_prompt, "gap_gate_numel": n_gate}
+        return {}
 
     def write_summary(self):
         summary = self.summary()
         report.write_json(os.path.join(self.dir, "summary.json"), summary)
         return summary
+
+
+def task_gate_values(head):
+    """A per-task gate's values now (K,): sigmoid of its logits for a sigmoid gate with free
+    logits (the study's gates; no forward needed at every logged step), else probes.gate_values."""
+    logits = getattr(head.gate, "logits", None)
+    if isinstance(logits, torch.Tensor) and logits.dim() == 1 and getattr(head.gate, "activation", None) == "sigmoid":
+        return torch.sigmoid(logits.detach())
+    return probes.gate_values(head)
+
+
+def study_gap_figures(study):
+    """The study's gradient gap (A1 of DIAGNOSTICS.DEFINITIONS study, all gates together) as gate
+    figures for the verdict's reasons: study_magnitude_gap, study_gap_rho and the group sizes."""
+    a1 = study.get("A1_gradient_ratio") or {}
+    if a1.get("magnitude_gap") is None:
+        return {}
+    return {"study_magnitude_gap": a1["magnitude_gap"], "study_gap_rho": a1.get("rho"),
+            "study_gap_prompt_numel": a1.get("prompt_numel"), "study_gap_gate_numel": a1.get("gate_numel")}
+
+
+def grad_clip_summary(steps):
+    """OPTIM.GRAD_CLIP over `steps`: max_norm, the median pre-clip total norm and clip coefficient,
+    and clipped_share, the share of steps whose gradients were scaled down (coef < 1). None when
+    clipping was off."""
+    clips = [s["grad_clip"] for s in steps if s.get("grad_clip")]
+    if not clips:
+        return None
+    coefs = [c["coef"] for c in clips if c.get("coef") is not None]
+    return {"max_norm": clips[-1]["max_norm"], "total_norm_median": metrics.median(c.get("total_norm") for c in clips),
+            "coef_median": metrics.median(coefs),
+            "clipped_share": sum(c < 1.0 for c in coefs) / len(coefs) if coefs else None}
 
 
 def load_summary(output_dir):

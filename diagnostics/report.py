@@ -13,19 +13,36 @@ def write_json(path, obj):
     write_json_atomic(json_safe(obj), path)
 
 
+# The study's per-step gate tags (its CoOp / CoCoOp `_log_gate_metrics`), from each step's "study" figures.
+STUDY_GATE_TAGS = ("d_eff", "mean_p", "std_p", "entropy", "grad_norm")
+
+
 def write_scalars(trainer, epoch_record, epoch_steps):
-    """TensorBoard scalars under diag/: per-step group RMS and rho, per-epoch gate figures."""
+    """TensorBoard scalars under diag/: per-step group RMS, rho and clip coefficient, per-epoch gate
+    figures; and the study's gate/{d_eff, mean_p, std_p, entropy, grad_norm} per step (its tags
+    as they are for a run with one mask gate, gate/<name>/... with several), at the study's step
+    number epoch * num_batches + batch."""
     write = trainer.write_scalar
+    study_gates = {n for s in epoch_steps for n, g in s.get("gates", {}).items() if g.get("study")}
     for s in epoch_steps:
         for group, stats in s.get("groups", {}).items():
             if stats.get("rms") is not None:
                 write(f"diag/grad_rms/{group}", stats["rms"], s["step"])
             if stats.get("update_rel") is not None:
                 write(f"diag/update_rel/{group}", stats["update_rel"], s["step"])
+        clip = s.get("grad_clip") or {}
+        for key in ("total_norm", "coef"):
+            if clip.get(key) is not None:
+                write(f"diag/grad_clip/{key}", clip[key], s["step"])
         for name, g in s.get("gates", {}).items():
             for key in ("rho", "input_std", "saturation", "dL_dg_rms", "slope"):
                 if g.get(key) is not None:
                     write(f"diag/{name}/{key}", g[key], s["step"])
+            prefix = "gate" if len(study_gates) == 1 else f"gate/{name}"
+            for key in STUDY_GATE_TAGS:
+                value = (g.get("study") or {}).get(key)
+                if value is not None:
+                    write(f"{prefix}/{key}", value, s["step"])
     for name, g in epoch_record.get("gates", {}).items():
         for key in ("rho_median", "input_std", "saturation", "effective_options", "mi_label", "mi_domain"):
             if g.get(key) is not None:

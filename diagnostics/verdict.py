@@ -50,12 +50,17 @@ barely moves the class logits; here the same finding is measured by removing the
 
 A figure that is None (not measured, or not finite) skips its test, and a reason says so. `reasons`
 lists every finding with its numbers and threshold, also those outranked by the verdict, and the
-evidence that does not decide: the study's probes (noise on the gate logits, fixed schedules and a
+evidence that does not decide: the study's severe-gap rule (log10 gap > GAP_SEVERE) beside rho,
+saying when the two disagree and why (gap_reason: a group's L2 norm grows with the square root of
+its number of values, so gap = -log10(rho') + 0.5 log10(N_prompt / N_gate)), for gatescope's
+per-step gap and, with DIAGNOSTICS.DEFINITIONS study, the study's own A1 gap; the study's probes (noise on the gate logits, fixed schedules and a
 random gate of the same effective length: within SCHEDULE_GAIN_MIN points of the best means no real
 adaptation), the accuracy change with its bootstrap interval, and whether the gate's conditioning
 carries the label / domain (a linear probe, PROBE_MARGIN) and whether the gate's choice follows it
 (MI against its permutation null, MI_P_MAX).
 """
+import math
+
 from gates.contract import GATE_KINDS
 
 from .metrics import finite_or_none as _measured  # None when not measured (None, NaN or inf)
@@ -100,7 +105,8 @@ THRESHOLD_HELP = {
                     "accuracy beats always answering the commonest value by this many points",
     "MI_P_MAX": "evidence: the gate's choice follows the label / domain when MI's permutation p-value is below this",
     "WINDOW": "share of training steps, counted from the end, over which the step medians are taken",
-    "GAP_SEVERE": "evidence: the study's severe gradient magnitude gap log10(||grad prompt||_2 / ||grad gate||_2)",
+    "GAP_SEVERE": "evidence: the study's severe gradient magnitude gap log10(||grad prompt||_2 / ||grad gate||_2), "
+                  "reported beside rho with the part the group sizes make, 0.5 log10(N_prompt / N_gate)",
 }
 
 
@@ -129,14 +135,20 @@ def _get(figures, *path):
     return x
 
 
+def _rho_used(f):
+    """(rho, what it is): rho_task, else rho_median, else (None, ...)."""
+    rho, source = _measured(f.get("rho_task")), "rho of the task loss"
+    if rho is None:
+        rho, source = _measured(f.get("rho_median")), "rho median (all loss terms)"
+    return rho, source
+
+
 def _trainable(f, t, reasons):
     if f.get("no_task_grad_params"):
         reasons.append("gate parameters receive no task-loss gradient by design (trained by a surrogate loss); "
                        "rho not used")
         return True
-    rho, source = _measured(f.get("rho_task")), "rho of the task loss"
-    if rho is None:
-        rho, source = _measured(f.get("rho_median")), "rho median (all loss terms)"
+    rho, source = _rho_used(f)
     aux = _measured(f.get("aux_share"))
     if aux is not None and aux > 0:
         reasons.append(f"{_fmt(100 * aux)} % of the gate's gradient norm comes from auxiliary losses; "
@@ -149,6 +161,62 @@ def _trainable(f, t, reasons):
         return False
     reasons.append(f"trainable: {source} {_fmt(rho)} >= RHO_MIN {_fmt(t['RHO_MIN'])}")
     return True
+
+
+def gap_reason(label, gap, n_prompt, n_gate, rho, rho_source, thresholds=None):
+    """One sentence: the study's severe-gap rule on `gap` (log10(||grad prompt||_2 / ||grad gate||_2),
+    severe above GAP_SEVERE) beside `rho` (the per-element ratio the verdict reads, RHO_MIN), and,
+    when the two disagree, why: a group's L2 norm grows with the square root of its number of
+    values, so with n_prompt and n_gate values
+        gap = log10(1 / rho') + 0.5 log10(n_prompt / n_gate)      (rho' = RMS ratio of the same gradients)
+    and the second term (the group sizes alone) can make the gap severe while each gate entry's
+    gradient is a fair share of a prompt entry's, or keep it small while it is not (a large gate
+    group). None when gap is not measured."""
+    t = merged_thresholds(thresholds)
+    gap = _measured(gap)
+    if gap is None:
+        return None
+    severe = gap > t["GAP_SEVERE"]
+    text = (f"{label} {_fmt(gap)} {'>' if severe else '<='} GAP_SEVERE {_fmt(t['GAP_SEVERE'])}: "
+            f"{'severe' if severe else 'no severe'} gradient imbalance by the study's rule")
+    count = 0.5 * math.log10(n_prompt / n_gate) if n_prompt and n_gate else None
+    sizes = (f"{int(n_prompt):,} prompt values against {int(n_gate):,} gate values" if count is not None
+             else "group sizes not recorded")
+    rho = _measured(rho)
+    if rho is None:
+        return f"{text} ({sizes}); rho not measured"
+    imbalanced = rho < t["RHO_MIN"]
+    beside = f"{rho_source} {_fmt(rho)} ({'<' if imbalanced else '>='} RHO_MIN {_fmt(t['RHO_MIN'])})"
+    if severe == imbalanced:
+        return f"{text}; agrees with {beside}, per element; {sizes}"
+    if count is None:
+        return (f"{text}; disagrees with {beside}: the gap compares group L2 norms, which grow with the square root "
+                f"of the number of values, rho compares values ({sizes})")
+    split = (f"{sizes} make 0.5 log10({int(n_prompt):,}/{int(n_gate):,}) = {_fmt(count)} of the gap, "
+             f"{_fmt(gap - count)} is per element")
+    if severe:
+        return (f"{text}; disagrees with {beside}: the parameter-count effect. A group's L2 norm grows with the "
+                f"square root of its number of values: {split}, so each gate entry's gradient is a fair share of a "
+                "prompt entry's")
+    return (f"{text}; disagrees with {beside}: the parameter-count effect the other way. A group's L2 norm grows "
+            f"with the square root of its number of values: {split}, so the gate group's norm is large for its many "
+            "values while each entry's gradient is small")
+
+
+def _gap_beside_rho(f, t, reasons):
+    """The study's severe-gap rule beside rho: gatescope's per-step gap (the prompt group against
+    this gate) and, with DIAGNOSTICS.DEFINITIONS study, the study's own A1 gap."""
+    if f.get("no_task_grad_params"):
+        return
+    rho, source = _rho_used(f)
+    for label, gap, n_prompt, n_gate in (
+            ("log10 gradient gap (per-step median, every non-gate value against this gate)", f.get("magnitude_gap"),
+             f.get("gap_prompt_numel"), f.get("gap_gate_numel")),
+            ("the study's A1 gap (one batch; its ctx / compound_prompts group against every gate)",
+             f.get("study_magnitude_gap"), f.get("study_gap_prompt_numel"), f.get("study_gap_gate_numel"))):
+        line = gap_reason(label, gap, n_prompt, n_gate, rho, source, t)
+        if line:
+            reasons.append(line)
 
 
 def _varied_input_dependent(f, t, reasons):
@@ -289,9 +357,6 @@ def decisions_changed(figures):
 
 def _evidence(f, t, reasons):
     """Findings that do not decide the verdict but explain it."""
-    gap = _measured(f.get("magnitude_gap"))
-    if gap is not None and gap > t["GAP_SEVERE"]:
-        reasons.append(f"log10 gradient gap {_fmt(gap)} > GAP_SEVERE {_fmt(t['GAP_SEVERE'])} (the study's severe)")
     reference = _get(f, "functional", "test", f.get("reference") or "constant")
     if reference and reference.get("acc_delta") is not None:
         ci = reference.get("acc_delta_ci") or [None, None]
@@ -332,6 +397,47 @@ def _evidence(f, t, reasons):
                                   _get(f, "linear_probe", f"gate_{target}"), _get(f, "mi", target), t)
             if line:
                 reasons.append(line)
+
+
+PER_LAYER_POINTS = 1.0  # the study's: per-layer gates "suffice" within this many points of per-token ones
+
+
+def probe_flags(record, thresholds=None):
+    """One gate's probe results of an epoch (recorder.epoch_probes: "schedules" accuracies,
+    "sensitivity", "loss_competition") with the study's flags beside its figures:
+
+      sensitivity: inert = max mean |delta logits| < SENSITIVITY_MIN (the study's 0.01)
+      schedules:   accuracy (the record's accuracies, %), best (the best fixed schedule or random
+                   gate), gain = learned - best, no_real_adaptation = gain < SCHEDULE_GAIN_MIN (the
+                   study's 1-2 %); per_layer_delta = learned - per_layer_mean, per_layer_sufficient
+                   = |per_layer_delta| < 1 point (the study's per-token vs per-layer rule)
+      loss_competition: as recorded (metrics.loss_competition's flags: conflict > 60 degrees,
+                   cancellation_flag > 0.3, regulariser_flag > 0.5)
+    """
+    t = merged_thresholds(thresholds)
+    out = {}
+    sensitivity = record.get("sensitivity")
+    if sensitivity:
+        top = _measured(sensitivity.get("max"))
+        out["sensitivity"] = {**sensitivity, "inert": top is not None and top < t["SENSITIVITY_MIN"]}
+    schedules = record.get("schedules")
+    if schedules:
+        learned = _measured(schedules.get("learned"))
+        entry = {"accuracy": dict(schedules)}
+        others = {k: v for k, v in schedules.items()
+                  if k not in ("learned", "per_layer_mean") and _measured(v) is not None}
+        if learned is not None and others:
+            best = max(others, key=others.get)
+            entry.update(best=best, gain=learned - others[best],
+                         no_real_adaptation=learned - others[best] < t["SCHEDULE_GAIN_MIN"])
+        per_layer = _measured(schedules.get("per_layer_mean"))
+        if learned is not None and per_layer is not None:
+            entry.update(per_layer_delta=learned - per_layer,
+                         per_layer_sufficient=abs(learned - per_layer) < PER_LAYER_POINTS)
+        out["schedules"] = entry
+    if record.get("loss_competition") is not None:
+        out["loss_competition"] = record["loss_competition"]
+    return out
 
 
 def routing_reason(target, cond_probe, gate_probe, mi, thresholds=None):
@@ -378,8 +484,9 @@ def gate_verdict(figures, thresholds=None):
     no_task_grad_params, rho_task, rho_median, aux_share, signal_std, input_std, eval_input_std,
     repeat_std, saturation, choice_top_share, effective_options, moved, reference, kl_reference,
     kl_repeat, sensitivity_max, functional (its changed_share and n per set: decisions_changed), and
-    as evidence magnitude_gap, kl_all_on, kl_schedules, schedule_gain, schedule_best, linear_probe,
-    mi). thresholds: a dict or the cfg.DIAGNOSTICS node
+    as evidence magnitude_gap with gap_prompt_numel and gap_gate_numel, study_magnitude_gap with
+    study_gap_prompt_numel and study_gap_gate_numel, kl_all_on, kl_schedules, schedule_gain,
+    schedule_best, linear_probe, mi). thresholds: a dict or the cfg.DIAGNOSTICS node
     (missing keys take DEFAULT_THRESHOLDS). The rules are in this module's docstring.
     Raises ValueError for a kind other than mask or simplex.
     """
@@ -389,6 +496,7 @@ def gate_verdict(figures, thresholds=None):
     t = merged_thresholds(thresholds)
     reasons = []
     trainable = _trainable(figures, t, reasons)
+    _gap_beside_rho(figures, t, reasons)
     if figures.get("input_dependent", True):
         varied = _varied_input_dependent(figures, t, reasons)
     else:

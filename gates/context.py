@@ -86,6 +86,14 @@ class HookContext:
     # ------------------------------------------------------------ the current batch
     batch_labels = _view("batch_labels", "Labels (B,) of the current training batch.")
     batch_domains = _view("batch_domains", "Domain labels (B,) of the current training batch, or None.")
+    batch_losses = _view("batch_losses", "The current training step's named loss terms {name: scalar tensor, "
+                                         "detached} (compute_losses; their sum is the loss minimised).")
+
+    @property
+    def loss_weights(self):
+        """{term name: the weight the trainer multiplied that term's raw value by this step} for the
+        terms a trainer weights by schedule (BiDirMaPLe's "cycle"); {} when it names none."""
+        return dict(getattr(self.trainer, "loss_weights", None) or {})
 
     # ------------------------------------------------------------ model and optimizer
     model = _view("model", "The CLIP wrapper (nn.Module); `model.prompt_learner` holds every learnable tensor.")
@@ -124,6 +132,12 @@ class HookContext:
     write_scalar = _view("write_scalar", "write_scalar(tag, value, global_step): a TensorBoard scalar (a no-op "
                                          "when the run has no writer, e.g. evaluation only).")
     nonfinite_skips = _view("nonfinite_skips", "Steps skipped so far for NaN/Inf values (TRAIN.NONFINITE skip).")
+
+    @property
+    def last_grad_clip(self):
+        """The last step's gradient clipping (OPTIM.GRAD_CLIP): {"max_norm": float, "total_norm":
+        0-d tensor, the L2 norm of all gradients before clipping}, or None when clipping is off."""
+        return getattr(self.trainer, "last_grad_clip", None)
 
     @property
     def error(self):

@@ -586,7 +586,9 @@ def test_verdict_evidence_schedules_gap_and_accuracy():
                                               "shuffled_cond": dict(kl=0.04, acc_delta=2.5)}})
     assert v == "healthy"  # evidence, not a rule
     assert any(r.startswith("no real adaptation (the study's rule)") and "full_on" in r for r in reasons)
-    assert "log10 gradient gap 2.6 > GAP_SEVERE 2 (the study's severe)" in reasons
+    assert any(r.startswith("log10 gradient gap (per-step median, every non-gate value against this gate) 2.6 > "
+                            "GAP_SEVERE 2: severe gradient imbalance by the study's rule; disagrees with rho of the "
+                            "task loss 0.2 (>= RHO_MIN 0.01)") for r in reasons)
     assert any("accuracy +1.25 points [-0.6, 3.1]" in r and "cross-entropy 0.8 vs 0.9" in r for r in reasons)
     assert ("fed the conditioning of other images of the batch, the model's predictions change by KL 0.04 nats, "
             "accuracy -2.50 points") in reasons
@@ -732,3 +734,9 @@ def test_linear_probe_held_out_accuracy_and_chance():
     assert M.linear_probe(t([[0.0], [1.0]]), [3, 3], t([[0.0]]), [3]) is None  # one label: nothing to tell apart
     with pytest.raises(ValueError, match="features"):
         M.linear_probe(t([[0.0], [1.0]]), [0], t([[0.0]]), [0])
+
+
+def test_fp16_underflow_read_from_grad_stats_equals_its_own_pass():
+    g = torch.tensor([0.0, 5e-9, -3e-8, 2e-7, 1.0, 0.0, 1e-9], dtype=torch.float32)
+    for grads in ([g], [g[:3], None, g[3:]], [torch.zeros(4)], [torch.tensor([0.5, -0.25])], [None]):
+        assert M.fp16_underflow_of_stats(M.grad_stats(grads)) == M.fp16_underflow(grads)

@@ -25,6 +25,9 @@ def learnable_state(trainer):
     ("CoOpGated", ("GATE.NAME", "gumbel", "GATE.TARGET", "prefix")),
     ("CoCoOpGated", ("GATE.NAME", "mlp", "GATE.TARGET", "meta_token")),
     ("AdaptiveBiDirMaPLe", ()),
+    # the study's definitions (its experiments at epoch index 1) and its per-epoch file with a
+    # validation pass every epoch: measured under a forked RNG as well
+    ("AdaptiveBiDirMaPLe", ("DIAGNOSTICS.DEFINITIONS", "study", "DIAGNOSTICS.STUDY_METRICS_FILE", True)),
 ])
 def test_diagnostics_change_no_number_of_the_run(demo_root, tmp_path, trainer_name, opts):
     """Same seed with diagnostics off and on (with every probe): identical weights and accuracy."""

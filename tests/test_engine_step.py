@@ -154,3 +154,69 @@ def test_results_json_records_skipped_steps_and_a_non_finite_end_state(demo_root
     record = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert record["finite_end_state"] is False and record["nonfinite_skips"] == 0
     assert record["results"]["test"] == {k: float(v) for k, v in results.items()}
+
+
+class ClipTrainer(StepTrainer):
+    """A step trainer with OPTIM.GRAD_CLIP and an after_backward that edits gradients (a remedy)."""
+
+    def __init__(self, grad_clip, edit=None):
+        super().__init__()
+        self.cfg = SimpleNamespace(TRAIN={"NONFINITE": "stop"}, OPTIM={"GRAD_CLIP": grad_clip})
+        self.edit = edit
+
+    def after_backward(self):
+        super().after_backward()
+        if self.edit is not None:
+            self.edit()
+
+
+def clip_setup(grad_clip, edit=None):
+    """Two groups: prompt [1, 2] with gradient (3, 4), gate [5] with gradient 12: total norm 13."""
+    prompt = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    gate = torch.nn.Parameter(torch.tensor([5.0]))
+    optim = torch.optim.SGD([{"name": "prompt", "params": [prompt], "lr": 1.0},
+                             {"name": "gate", "params": [gate], "lr": 1.0}])
+    loss = 3.0 * prompt[0] + 4.0 * prompt[1] + 12.0 * gate[0]
+    trainer = ClipTrainer(grad_clip, edit(prompt, gate) if edit else None)
+    return trainer, prompt, gate, optim, loss
+
+
+def test_grad_clip_scales_every_gradient_by_one_coefficient_from_the_total_norm():
+    trainer, prompt, gate, optim, loss = clip_setup(1.0)
+    assert optimizer_step(trainer, loss, {"model": optim})
+    coef = 1.0 / (13.0 + 1e-6)  # torch's clip_grad_norm_: max_norm / (total + 1e-6)
+    assert prompt.grad.tolist() == pytest.approx([3.0 * coef, 4.0 * coef], rel=1e-6)
+    assert gate.grad.tolist() == pytest.approx([12.0 * coef], rel=1e-6)
+    assert prompt.detach().tolist() == pytest.approx([1.0 - 3.0 * coef, 2.0 - 4.0 * coef], rel=1e-6)
+    clip = trainer.last_grad_clip
+    assert clip["max_norm"] == 1.0 and float(clip["total_norm"]) == pytest.approx(13.0)
+    # The per-group ratio is unchanged by a global clip: (4 / 5) ... both groups scaled alike.
+    assert (gate.grad / prompt.grad.norm()).item() == pytest.approx(12.0 / 5.0, rel=1e-6)
+
+
+def test_grad_clip_below_the_norm_changes_nothing_and_zero_is_off():
+    for grad_clip in (20.0, 0.0):
+        trainer, prompt, gate, optim, loss = clip_setup(grad_clip)
+        optimizer_step(trainer, loss, {"model": optim})
+        assert prompt.grad.tolist() == [3.0, 4.0] and gate.grad.tolist() == [12.0]
+        assert (trainer.last_grad_clip is None) == (grad_clip == 0.0)
+
+
+def test_grad_clip_sees_the_gradients_after_the_after_backward_hooks():
+    """A remedy that freezes the gate (grad None) runs first: the norm is the prompt's alone, 5."""
+    def freeze_gate(prompt, gate):
+        def edit():
+            gate.grad = None
+        return edit
+    trainer, prompt, gate, optim, loss = clip_setup(1.0, freeze_gate)
+    optimizer_step(trainer, loss, {"model": optim})
+    assert float(trainer.last_grad_clip["total_norm"]) == pytest.approx(5.0)
+    assert prompt.grad.tolist() == pytest.approx([3.0 / (5.0 + 1e-6), 4.0 / (5.0 + 1e-6)], rel=1e-6)
+    assert gate.detach().tolist() == [5.0]  # frozen: not moved
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf")])
+def test_a_negative_or_non_finite_grad_clip_is_refused(bad):
+    trainer, prompt, gate, optim, loss = clip_setup(bad)
+    with pytest.raises(ValueError, match=r"OPTIM.GRAD_CLIP must be a finite number >= 0"):
+        optimizer_step(trainer, loss, {"model": optim})

@@ -302,6 +302,35 @@ def test_nesterov_can_be_switched_off(demo_root, tmp_path):
     assert {g["nesterov"] for g in trainer.optim.param_groups} == {False}
 
 
+@pytest.mark.parametrize("trainer_name,expected", [
+    ("BiDirMaPLe", 1.0), ("AdaptiveBiDirMaPLe", 1.0), ("ImprovedAdaptiveBiDirMaPLe", 1.0),
+    ("MaPLe", 0.0), ("AdaptiveMaPLe", 0.0), ("AdaptiveTrain", 0.0), ("AdaptiveFreezeEarly", 0.0),
+    ("AdaptiveAlwaysFrozen", 0.0), ("AdaptiveExplicitReg", 0.0), ("ParamMatched", 0.0), ("CoOp", 0.0),
+    ("CoCoOp", 0.0)])
+def test_grad_clip_where_the_study_clips(demo_root, tmp_path, trainer_name, expected):
+    """The study's clip_grad_norm_(model.parameters(), 1): in BiDirMaPLe and its adaptive BiDir
+    trainers; not in AdaptiveMaPLe, the controls, ParamMatched, CoOp, CoCoOp, nor in MaPLe's reference."""
+    import trainers
+
+    cfg = trainers.setup_cfg(demo_args(demo_root, tmp_path, trainer_name))
+    assert cfg.OPTIM.GRAD_CLIP == expected
+
+
+def test_grad_clip_of_a_study_trainer_can_be_changed_or_switched_off_but_not_set_twice(demo_root, tmp_path):
+    import trainers
+
+    def cfg_of(*opts):
+        return trainers.setup_cfg(demo_args(demo_root, tmp_path, "AdaptiveBiDirMaPLe", opts=opts))
+    assert cfg_of("TRAINER.ADAPTIVE_BIDIR_MAPLE.GRAD_CLIP", 0.0).OPTIM.GRAD_CLIP == 0.0
+    assert cfg_of("TRAINER.ADAPTIVE_BIDIR_MAPLE.GRAD_CLIP", 0.0, "OPTIM.GRAD_CLIP", 5.0).OPTIM.GRAD_CLIP == 5.0
+    assert cfg_of("OPTIM.GRAD_CLIP", 1.0).OPTIM.GRAD_CLIP == 1.0
+    with pytest.raises(ValueError, match=r"TRAINER.ADAPTIVE_BIDIR_MAPLE.GRAD_CLIP sets OPTIM.GRAD_CLIP to 1.0, but "
+                                         r"OPTIM.GRAD_CLIP is also set to 5.0; set TRAINER.ADAPTIVE_BIDIR_MAPLE.GRAD_CLIP 5.0"):
+        cfg_of("OPTIM.GRAD_CLIP", 5.0)
+    maple = trainers.setup_cfg(demo_args(demo_root, tmp_path, "MaPLe", opts=("OPTIM.GRAD_CLIP", 1.0)))
+    assert maple.OPTIM.GRAD_CLIP == 1.0  # the study's MaPLe runs: MaPLe's reference never clips
+
+
 # ------------------------------------------------------------------ the controls as remedies
 def test_controls_become_remedy_settings(demo_root, tmp_path):
     early = build(demo_root, tmp_path / "e", "AdaptiveFreezeEarly", shape("ADAPTIVE_FREEZE_EARLY", 2, 2))

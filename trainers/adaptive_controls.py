@@ -17,7 +17,8 @@ USE_GRADIENT_SCALING -> GATE.EQUALIZE_GRAD with GATE.ALPHA_MAX = GRADIENT_SCALE_
 gradient times min(1 / (g (1 - g)), max)); USE_ENTROPY_REG -> REMEDY.ENTROPY {WEIGHT
 LAMBDA_ENTROPY, DIRECTION flatten, REDUCTION sum} (the study's - lambda * sum h(g), which pushes
 the gates towards 0.5); GATE_WARMUP_EPOCHS -> REMEDY.WARMUP {EPOCHS, MODE fix_gate}; NESTEROV ->
-OPTIM.SGD_NESTEROV (the study builds this trainer's SGD with Nesterov momentum).
+OPTIM.SGD_NESTEROV (the study builds this trainer's SGD with Nesterov momentum); GRAD_CLIP ->
+OPTIM.GRAD_CLIP (the study clips the gradient norm to 1 in both trainers, not in the controls).
 
 The four controls differ from AdaptiveBiDirMaPLe's model in one place, as in the study's code:
 their text encoder also applies the depth gates (DEPTH_GATES_TEXT). A remedy's setting the user
@@ -31,7 +32,7 @@ from gates.config_spec import at_least, between, declare, unchecked
 
 from .adaptive_maple import AdaptiveBiDirMaPLe, add_bidir_keys, add_gated_keys
 from .engine import TRAINER_REGISTRY
-from .study_keys import set_study_key
+from .study_keys import apply_study_grad_clip, set_study_key
 
 IMPROVED_GATE_WARMUP_EPOCHS = 2  # the study's ImprovedAdaptiveBiDirMaPLe: gates fixed in epochs 0 and 1
 
@@ -147,3 +148,4 @@ def resolve_adaptive_bidir(cfg, improved):
         set_study_key(cfg, "REMEDY.WARMUP.MODE", "fix_gate", f"{node}.GATE_WARMUP_EPOCHS")
     if c.NESTEROV and cfg.OPTIM.NAME == "sgd":
         cfg.OPTIM.SGD_NESTEROV = True
+    apply_study_grad_clip(cfg, node)

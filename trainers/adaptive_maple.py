@@ -269,5 +269,10 @@ def add_improved_keys(node):
     node.GATE_WARMUP_EPOCHS = -1
     # The study's AdaptiveBiDirMaPLe builds its SGD with Nesterov momentum; False: OPTIM.SGD_NESTEROV decides.
     node.NESTEROV = True
+    # The study's AdaptiveBiDirMaPLe and ImprovedAdaptiveBiDirMaPLe clip the gradient L2 norm to 1
+    # before every step (fp32; see docs/coming_from_the_study.md for amp): sets OPTIM.GRAD_CLIP
+    # (0 leaves OPTIM.GRAD_CLIP to decide).
+    node.GRAD_CLIP = 1.0
     declare(node, GRADIENT_SCALE_MAX=at_least(1, "the largest factor on the gate gradient"),
-            LAMBDA_ENTROPY=at_least(0), GATE_WARMUP_EPOCHS=at_least(-1, "-1: the trainer's own"))
+            LAMBDA_ENTROPY=at_least(0), GATE_WARMUP_EPOCHS=at_least(-1, "-1: the trainer's own"),
+            GRAD_CLIP=at_least(0, "the largest gradient L2 norm; 0: OPTIM.GRAD_CLIP decides"))

@@ -32,6 +32,7 @@ from .ema import ParameterEMA
 from .engine import TRAINER_REGISTRY
 from .maple import MaPLe, MaPLePromptLearner
 from .prompt_trainer import PRECISIONS, ReleasedLayout
+from .study_keys import apply_study_grad_clip
 
 SHALLOW_VISION = ("tokens", "class_mean")
 CYCLE_ON = ("raw", "coupled")
@@ -130,10 +131,19 @@ class BiDirMaPLe(MaPLe):
         cfg.TRAINER.BIDIR_MAPLE.USE_EMA = False  # evaluate an EMA of the prompts
         cfg.TRAINER.BIDIR_MAPLE.EMA_DECAY = 0.999
         cfg.TRAINER.BIDIR_MAPLE.EMA_START_EPOCH = 5
+        # The study's BiDirMaPLe clips the gradient L2 norm to 1 before every step: sets
+        # OPTIM.GRAD_CLIP (0 leaves OPTIM.GRAD_CLIP to decide).
+        cfg.TRAINER.BIDIR_MAPLE.GRAD_CLIP = 1.0
         declare(cfg.TRAINER.BIDIR_MAPLE, N_CTX=at_least(1), CTX_INIT=unchecked("words of the initial context"),
                 PREC=one_of(*PRECISIONS), PROMPT_DEPTH=at_least(1, "1: shallow prompts only"),
                 CYCLE_LOSS_WEIGHT=at_least(0), CYCLE_WARMUP_EPOCHS=at_least(0), EMA_DECAY=between(0, 1),
-                EMA_START_EPOCH=at_least(0))
+                EMA_START_EPOCH=at_least(0),
+                GRAD_CLIP=at_least(0, "the largest gradient L2 norm; 0: OPTIM.GRAD_CLIP decides"))
+
+    @staticmethod
+    def resolve_config(cfg):
+        if cfg.TRAINER.NAME == "BiDirMaPLe":
+            apply_study_grad_clip(cfg, "TRAINER.BIDIR_MAPLE")
 
     def build_custom_clip(self, cfg, classnames, backbone):
         c = cfg.TRAINER.BIDIR_MAPLE
@@ -158,6 +168,8 @@ class BiDirMaPLe(MaPLe):
         losses = super().compute_losses(output, label)
         weight = self.cycle_weight()
         cycle = self.model.prompt_learner.cycle_loss()
+        # What "cycle" was multiplied by (the diagnostics report the study's unweighted cycle loss).
+        self.loss_weights = {"cycle": weight}
         if weight > 0 and cycle is not None:
             losses["cycle"] = weight * cycle
         return losses

@@ -54,6 +54,8 @@ def extend_cfg(cfg):
     declare(cfg, CONFIG_FILE=unchecked("set from --config-file"))
     if "SUBSAMPLE_CLASSES" not in cfg.DATASET:  # Dassl's own defaults lack CoOp's key
         cfg.DATASET.SUBSAMPLE_CLASSES = "all"
+    if "GRAD_CLIP" not in cfg.OPTIM:  # Dassl's defaults lack the engine's clipping key (0: off)
+        cfg.OPTIM.GRAD_CLIP = 0.0
     add_reliability_config(cfg)
     plugins.add_config(cfg)
     return cfg

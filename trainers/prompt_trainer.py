@@ -159,6 +159,9 @@ class PromptTrainer(TrainerX):
             output = self.model(image)
             losses = self.compute_losses(output, label)
             loss = sum(losses.values())
+        # The step's named terms for the plugins (HookContext.batch_losses), detached: a skipped step's
+        # graph must not stay alive into the next one.
+        self.batch_losses = {name: value.detach() for name, value in losses.items()}
         stepped = self.backward_and_step(loss, losses)
         summary = None  # a skipped step (TRAIN.NONFINITE skip) adds nothing to the running means
         if stepped:

@@ -107,6 +107,27 @@ def set_study_key(cfg, key, value, source):
     node[leaf] = value
 
 
+def apply_study_grad_clip(cfg, node_name):
+    """Set OPTIM.GRAD_CLIP from the GRAD_CLIP key of the study trainer's node `node_name` (e.g.
+    "TRAINER.BIDIR_MAPLE"; the study clips at 1 in BiDirMaPLe, AdaptiveBiDirMaPLe and
+    ImprovedAdaptiveBiDirMaPLe). 0 on the node leaves OPTIM.GRAD_CLIP as it is; a node value and
+    another non-zero OPTIM.GRAD_CLIP stop the run naming both."""
+    node = cfg
+    for part in node_name.split("."):
+        node = node[part]
+    value = float(node.GRAD_CLIP)
+    if not value >= 0:
+        raise ValueError(f"{node_name}.GRAD_CLIP must be >= 0 (0: no clipping from this key), got {node.GRAD_CLIP}")
+    if value == 0:
+        return
+    current = float(cfg.OPTIM.GRAD_CLIP)
+    if current not in (0.0, value):
+        raise ValueError(f"{node_name}.GRAD_CLIP sets OPTIM.GRAD_CLIP to {value}, but OPTIM.GRAD_CLIP is also set to "
+                         f"{current}; set {node_name}.GRAD_CLIP {current} instead (or 0 to let OPTIM.GRAD_CLIP "
+                         "decide)")
+    cfg.OPTIM.GRAD_CLIP = value
+
+
 # The study's train.py flags -> the key each sets, on TRAINER.COOP and TRAINER.COCOOP alike
 # (GATE_MODE on COCOOP only); --gate_lr is absolute and becomes GATE_LR_MUL = gate_lr / OPTIM.LR.
 STUDY_GATE_FLAGS = {

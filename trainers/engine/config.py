@@ -227,6 +227,9 @@ _C.OPTIM.WEIGHT_DECAY = 5e-4
 _C.OPTIM.MOMENTUM = 0.9
 _C.OPTIM.SGD_DAMPNING = 0
 _C.OPTIM.SGD_NESTEROV = False
+# Largest L2 norm of all gradients together (torch's clip_grad_norm_, after the after_backward
+# hooks, before the step); 0 = no clipping (engine/step.py clip_gradients).
+_C.OPTIM.GRAD_CLIP = 0.0
 _C.OPTIM.RMSPROP_ALPHA = 0.99
 _C.OPTIM.ADAM_BETA1 = 0.9
 _C.OPTIM.ADAM_BETA2 = 0.999
@@ -249,7 +252,7 @@ declare(_C.OPTIM, NAME=one_of(_optimizers), LR=_LR, WEIGHT_DECAY=at_least(0), MO
         BASE_LR_MULT=_LR, LR_SCHEDULER=one_of(_schedulers),
         STEPSIZE=unchecked("epochs; <= 0: MAX_EPOCH (the schedule checks the rest)"), GAMMA=at_least(0),
         MAX_EPOCH=at_least(1), WARMUP_EPOCH=unchecked("<= 0: no warm-up"), WARMUP_TYPE=one_of(_warmups),
-        WARMUP_CONS_LR=_LR, WARMUP_MIN_LR=_LR)
+        WARMUP_CONS_LR=_LR, WARMUP_MIN_LR=_LR, GRAD_CLIP=at_least(0, "the largest gradient L2 norm; 0: no clipping"))
 declare_rule(_C.OPTIM, _staged_lr_is_finite)
 
 ###########################

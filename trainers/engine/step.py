@@ -7,7 +7,7 @@ of the update are the same on every path::
         zero_grad, backward              amp: scaled by the GradScaler, then unscaled
         gradient L2 norm of each group   NaN/Inf (fp32, fp16): stop or skip the step
         trainer.after_backward()         listeners read, then remedies edit, the gradients
-        (gradient clipping goes here: gradients final, norms known, before the update)
+        gradient clipping                OPTIM.GRAD_CLIP > 0: one L2 norm over every parameter
         learning rates representable     each group's lr finite in its parameters' dtype, else stop
         optimizer.step()                 amp: GradScaler.step and update
         parameter L2 norm of each group  NaN/Inf: stop (under either policy, see below)
@@ -123,9 +123,9 @@ def optimizer_step(trainer, loss, optimizers, losses=None, scaler=None):
         if bad is not None:
             return skip_or_stop(trainer, optimizers, f"parameter group '{bad[0]}'", f"{bad[1]} of its gradient")
     trainer.after_backward()
-    # Gradient clipping belongs here, the one place every step passes: after after_backward (the
-    # remedies' edits are in, the diagnostics have read the raw gradient) and before the update,
-    # with the per-group norms at hand (grad_l2: the norms before any edit).
+    # After after_backward (the remedies' edits are in: a frozen gate's gradient is None and
+    # counts for nothing; the diagnostics have read the raw gradient), before the update.
+    clip_gradients(trainer, groups)
     check_learning_rates(trainer, groups)
     try:
         if scaler is not None:
@@ -149,6 +149,29 @@ def optimizer_step(trainer, loss, optimizers, losses=None, scaler=None):
     trainer.after_step()
     trainer.last_finite = {"step": step_label(trainer), "loss": float(loss.detach()), "grad_l2": grad_l2}
     return True
+
+
+def clip_gradients(trainer, groups):
+    """OPTIM.GRAD_CLIP: when > 0, torch.nn.utils.clip_grad_norm_ over the gradients of every
+    optimizer parameter taken as one vector (the study's `clip_grad_norm_(model.parameters(),
+    max_norm=1)`: its frozen CLIP has no gradients, so the same vector): with t their total L2
+    norm, every gradient is multiplied by min(1, max_norm / (t + 1e-6)). Under amp the gradients
+    are already unscaled here, so max_norm is in the loss's own units.
+
+    Keeps `trainer.last_grad_clip` = {"max_norm": float, "total_norm": 0-d tensor (t, before
+    clipping, left on the device: no host sync per step)} for the diagnostics, None when off.
+    Raises ValueError for a negative or non-finite OPTIM.GRAD_CLIP.
+    """
+    max_norm = float(getattr(trainer.cfg, "OPTIM", {}).get("GRAD_CLIP", 0.0) or 0.0)
+    if not math.isfinite(max_norm) or max_norm < 0:
+        raise ValueError(f"OPTIM.GRAD_CLIP must be a finite number >= 0 (the largest gradient L2 norm; 0 turns "
+                         f"clipping off), got {max_norm}")
+    if max_norm == 0:
+        trainer.last_grad_clip = None
+        return
+    params = [p for _, group in groups for p in group["params"] if p.grad is not None]
+    total = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.zeros(())
+    trainer.last_grad_clip = {"max_norm": max_norm, "total_norm": total.detach()}
 
 
 def check_learning_rates(trainer, groups):
