@@ -15,7 +15,8 @@ Lifecycle: every hook receives `context`, a `gates.HookContext` (gates/context.p
 plugins see it (config, output folder, epoch and batch, the batch's labels and domains, model,
 gates, parameter groups, loaders, evaluation helpers, TensorBoard, the error stopping the run)
 and `context.store` for the plugin's own per-run objects. It is the only surface a plugin uses;
-it sets no attribute on the trainer. The built-in engine calls the hooks in this order:
+it sets no attribute on the trainer. Both engines (Dassl's through trainers/engine/dassl_adapter.py)
+call the hooks in this order:
 
     load_state_dict(context, state)        # if resuming: each plugin whose state the checkpoint holds
     before_train(context)

@@ -197,7 +197,8 @@ class PromptTrainer(TrainerX):
         return capture_embeddings()
 
     # ------------------------------------------------------------ lifecycle hooks
-    # Defined here, not in the engine, so that they also run on Dassl's engine.
+    # Defined here, not in the engine; both engines call them at the same points (Dassl's through
+    # engine/dassl_adapter.py).
     @property
     def plugins(self):
         return get_plugins()
@@ -222,6 +223,7 @@ class PromptTrainer(TrainerX):
 
     def after_step(self):
         self.call_hook("after_step")
+        super().after_step()  # the engine's point (on Dassl's: a safe point for a stop signal)
 
     def after_test(self, split, results):
         super().after_test(split, results)

@@ -38,8 +38,9 @@ Differences from Dassl, each fixing something its users hit:
 - one optimizer step for every path (`step.optimizer_step`): TRAIN.NONFINITE stop/skip for a
   NaN or Inf loss or gradient, and a NonFiniteError (a FloatingPointError) naming the step and
   the group for a learning rate or parameters gone non-finite;
-- the loop ends in try/finally (Detectron2's `TrainerBase.train`): any exception, SIGTERM and
-  Ctrl-C included (turned into `SignalInterrupt` while training), reaches `on_abort` and
+- the loop ends in try/finally (Detectron2's `TrainerBase.train`; `ending_in_finally`, which
+  runs around Dassl's loop too with GATESCOPE_ENGINE=dassl): any exception, SIGTERM and Ctrl-C
+  included (turned into `SignalInterrupt` while training), reaches `on_abort` and
   `finish_train`, so plugins write their files and writers are closed, and the last checkpoint
   stays resumable; the exception carries `where_stopped` (the epoch and batch, the last complete
   checkpoint) for the one line the command line prints;
@@ -140,6 +141,66 @@ def stop_if_signalled():
     """Raise SignalInterrupt if a stop signal arrived (a safe point of the loop)."""
     if _stop_signals:
         raise SignalInterrupt(_stop_signals[0])
+
+
+@contextlib.contextmanager
+def ending_in_finally(trainer):
+    """The end of a training run, on either engine (the try/except/finally of the module
+    docstring; Dassl's engine runs its own loop inside it, see dassl_adapter.py).
+
+    While the block runs, SIGTERM and SIGINT stop it at the loop's next safe point
+    (`stop_if_signalled`). Any exception is recorded as `trainer.run_error` and given
+    `where_stopped` (the trainer's own words) before `trainer.on_abort(error)` runs and it
+    propagates; `trainer.finish_train()` runs always, last. `run_error` is None while the run goes
+    on and after it completes.
+    """
+    trainer.run_error = None
+    with signals_raise():
+        try:
+            yield
+        except BaseException as error:
+            trainer.run_error = error
+            try:
+                error.where_stopped = trainer.where_stopped()
+            except Exception:  # the report is best effort; the error itself must propagate
+                pass
+            trainer.on_abort(error)
+            raise
+        finally:
+            trainer.finish_train()
+
+
+def evaluate_split(trainer, split=None):
+    """Dassl's evaluation of `trainer` on `split`, on either engine: `(split evaluated, the
+    evaluator's results dict)`, e.g. ("val", {"accuracy": 71.2, "error_rate": 28.8, "macro_f1": 70.9}).
+
+    `split` defaults to TEST.SPLIT; "val" without a val loader evaluates "test" (as Dassl does).
+    The batches run through `parse_batch_test` and `model_inference` without autograd, each one a
+    safe point for a stop signal; the results are written as `<split>/<metric>` TensorBoard
+    scalars at the current epoch. The caller calls `after_test` (outside no_grad: a plugin may
+    measure gradients there, as the diagnostics' task-loss rho does).
+    """
+    trainer.set_model_mode("eval")
+    trainer.evaluator.reset()
+    if split is None:
+        split = trainer.cfg.TEST.SPLIT
+    if split == "val" and trainer.val_loader is not None:
+        data_loader = trainer.val_loader
+    else:
+        split = "test"
+        data_loader = trainer.test_loader
+    print(f"Evaluate on the *{split}* set")
+    with torch.no_grad():
+        for batch in tqdm(data_loader, disable=not trainer.cfg.VERBOSE):
+            input, label = trainer.parse_batch_test(batch)
+            output = trainer.model_inference(input)
+            trainer.evaluator.process(output, label)
+            kill_point("evaluation")
+            stop_if_signalled()
+        results = trainer.evaluator.evaluate()
+    for k, v in results.items():
+        trainer.write_scalar(f"{split}/{k}", v, trainer.epoch)
+    return split, results
 
 
 def build_trainer(cfg):
@@ -432,31 +493,19 @@ class TrainerBase:
         while running and after a completed run)."""
         self.start_epoch = start_epoch
         self.max_epoch = max_epoch
-        self.run_error = None
-        with signals_raise():
-            try:
-                self.before_train()
-                if self.start_epoch >= self.max_epoch:  # resumed after the last epoch: only the final test is left
-                    self.epoch = self.start_epoch - 1
-                for self.epoch in range(self.start_epoch, self.max_epoch):
-                    stop_if_signalled()
-                    self.before_epoch()
-                    self.run_epoch()
-                    self.after_epoch()
-                    stop_if_signalled()  # an epoch stopped in its evaluation writes no checkpoint
-                    self.checkpoint_epoch()
+        with ending_in_finally(self):
+            self.before_train()
+            if self.start_epoch >= self.max_epoch:  # resumed after the last epoch: only the final test is left
+                self.epoch = self.start_epoch - 1
+            for self.epoch in range(self.start_epoch, self.max_epoch):
                 stop_if_signalled()
-                self.after_train()
-            except BaseException as error:
-                self.run_error = error
-                try:
-                    error.where_stopped = self.where_stopped()
-                except Exception:  # the report is best effort; the error itself must propagate
-                    pass
-                self.on_abort(error)
-                raise
-            finally:
-                self.finish_train()
+                self.before_epoch()
+                self.run_epoch()
+                self.after_epoch()
+                stop_if_signalled()  # an epoch stopped in its evaluation writes no checkpoint
+                self.checkpoint_epoch()
+            stop_if_signalled()
+            self.after_train()
 
     def before_train(self):
         pass
@@ -664,26 +713,7 @@ class SimpleTrainer(TrainerBase):
 
         Only the evaluation loop runs without autograd: the after_test hooks run with it as
         elsewhere (a plugin may measure gradients there, as the diagnostics' task-loss rho does)."""
-        self.set_model_mode("eval")
-        self.evaluator.reset()
-        if split is None:
-            split = self.cfg.TEST.SPLIT
-        if split == "val" and self.val_loader is not None:
-            data_loader = self.val_loader
-        else:
-            split = "test"
-            data_loader = self.test_loader
-        print(f"Evaluate on the *{split}* set")
-        with torch.no_grad():
-            for batch in tqdm(data_loader, disable=not self.cfg.VERBOSE):
-                input, label = self.parse_batch_test(batch)
-                output = self.model_inference(input)
-                self.evaluator.process(output, label)
-                kill_point("evaluation")
-                stop_if_signalled()
-            results = self.evaluator.evaluate()
-        for k, v in results.items():
-            self.write_scalar(f"{split}/{k}", v, self.epoch)
+        split, results = evaluate_split(self, split)
         self.after_test(split, results)
         return results
 

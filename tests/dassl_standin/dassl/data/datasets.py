@@ -1,0 +1,3 @@
+from ..registry import Registry
+
+DATASET_REGISTRY = Registry("DATASET")
