@@ -156,7 +156,8 @@ def test_dataset_entries_and_the_oracle_expand_into_runs(tmp_path):
     ids = sorted(c.id for c in grid.cells)
     assert ids == sorted([f"fewshot/md/shots_16/CoOp/demo~none/seed{s}" for s in (1, 2)]
                          + [f"fewshot/md/shots_16/CoOpGated/demo~fast/seed{s}" for s in (1, 2)]
-                         + [f"fewshot/md/shots_16/CoOp/demo~oracle.{d}/seed{s}" for s in (1, 2) for d in ("light", "dark")]
+                         + [f"fewshot/md/shots_16/CoOp/demo~oracle.{d}/seed{s}"
+                            for s in (1, 2) for d in ("light", "dark")]
                          + ["fewshot/g3/shots_4/CoOp/demo~none/seed7"])  # its own shots, seeds and variants
     assert grid.datasets == ["md", "g3"]
     step = next(c for c in grid.cells if c.id.endswith("g3/shots_4/CoOp/demo~none/seed7")).steps[0]
@@ -225,6 +226,7 @@ def test_the_regime_map_preset_covers_its_axes_with_an_oracle_per_task(tmp_path)
     assert pool[-1] == "4"  # one prompt per label mapping: the task's value comes last and wins
     assert study.demo_weights_used(grid) == ["gatescope-demo", "gatescope-demo-sparse"]
     assert grid.summary["tables"] == ["regime", "problems"] and len(grid.cells) == 400
+    assert grid.cells[0].steps[0].argv()[:2] == ["--root", ""]  # without --root: gatescope's cache, not ./data
     quick = plan("--preset", "regime_map", "--quick", "--output", str(tmp_path))
     assert sorted(c.cfg for c in quick.cells) == ["demo~hardem_patch", "demo~none", "demo~oracle.dark",
                                                    "demo~oracle.light", "demo~pool_image"]
@@ -252,7 +254,8 @@ def test_quick_regime_map_runs_and_ends_with_its_best_line(tmp_path, capsys, mon
 def write_diagnostics(folder, mi_by_epoch, kl_by_epoch):
     steps = [{"epoch": e, "batch": b, "gates": {"pool": {"rho": 0.1 * (e + 1), "input_std": 0.01 * b}}}
              for e in range(len(mi_by_epoch)) for b in range(2)]
-    epochs = [{"epoch": e, "gates": {"pool": {"mi_domain_stats": {"miller_madow": mi}}}} for e, mi in enumerate(mi_by_epoch)]
+    epochs = [{"epoch": e, "gates": {"pool": {"mi_domain_stats": {"miller_madow": mi}}}}
+              for e, mi in enumerate(mi_by_epoch)]
     evaluations = [{"epoch": e, "split": "val", "gates": {"pool": {
         "reference": "constant", "kl_effect": kl,
         "functional": {"test": {"constant": {"changed_share": kl / 2, "loss_base": 2.0 - kl}}}}}}

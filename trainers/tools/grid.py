@@ -445,7 +445,8 @@ def expand_grid(spec):
                                 _add_cells(cells, context, protocol, method, k, seed)
     _add_oracle_cells(cells, context, protocols, common_opts)
     return Grid(name=str(spec["name"]), output=output, cells=list(cells.values()), resources=resources, env=env,
-                summary=summary, trainers=trainer_names, variants=list(variants), datasets=[ds.label for ds in datasets])
+                summary=summary, trainers=trainer_names, variants=list(variants),
+                datasets=[ds.label for ds in datasets])
 
 
 def _runs_on(ds, context, shots, seed, own_seeds=()):

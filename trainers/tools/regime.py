@@ -164,8 +164,9 @@ def sort_rows(rows, datasets=(), trainers=(), variants=()):
 def regime_table(rows, baseline, variant_header="variant"):
     """The regime map as one Table (see the module docstring for each column)."""
     table = Table("Regime map: how much of the oracle's gap each gated method recovers, and does it route?",
-                  ["task", "shots", "trainer", "cfg", variant_header, "gate", "seeds", "accuracy", baseline or "baseline",
-                   "oracle", "recovery", "MI(choice; domain)", "counterfactual Δ", "verdicts", "probe(cond→domain)"],
+                  ["task", "shots", "trainer", "cfg", variant_header, "gate", "seeds", "accuracy",
+                   baseline or "baseline", "oracle", "recovery", "MI(choice; domain)", "counterfactual Δ", "verdicts",
+                   "probe(cond→domain)"],
                   note=(f"accuracy: mean ± std over the seeds the method shares with {baseline or 'the baseline'} and "
                         "the oracle (one prompt per domain, trained and tested on each alone; mean of its per-domain "
                         "accuracies); recovery = (accuracy - baseline) / (oracle - baseline), only where the oracle "
@@ -218,8 +219,9 @@ def plot_regime_map(rows, path):
     panels = [("recovery of the oracle gap", "recovery", "RdYlGn", (-0.5, 1.5)),
               ("MI(choice; domain), nats", "mi_domain", "viridis", (0.0, None)),
               ("counterfactual Δ, points", "counterfactual", "RdYlGn", None)]
-    fig, axes = plt.subplots(len(panels), 1, figsize=(1.0 + 0.9 * len(columns), 1.2 + len(panels) * (0.9 + 0.38 * len(methods))),
-                             squeeze=False)
+    width = max(6.0, 2.0 + 0.8 * len(columns))
+    height = len(panels) * (1.2 + 0.32 * len(methods))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(width, height), squeeze=False)
     for ax, (title, name, cmap, limits) in zip(axes[:, 0], panels):
         values = np.full((len(methods), len(columns)), np.nan)
         for r in rows:
