@@ -179,3 +179,43 @@ def test_the_shipped_weights_are_those_of_the_current_recipe():
         "RECIPE changed: bump RECIPE_VERSION and rerun `python -m trainers.backbone.demo_weights`")
     expanded = demo_weights.expand_shipped_weights(path)
     assert expanded.keys() == demo_weights.initial_state_dict().keys()
+
+
+def test_the_sparse_variant_trains_only_the_caption_rows_as_the_dense_run_does(tmp_path, monkeypatch):
+    """gatescope-demo-sparse: the same pretraining with the caption tokens' embedding rows as the
+    only embedding parameters. The other rows keep their initial values (the dense run only
+    decays them); the used rows take the dense run's steps, up to float rounding."""
+    for key, value in (("steps", 3), ("corpus_size", 64), ("batch_size", 16)):
+        monkeypatch.setitem(demo_weights.RECIPE, key, value)
+    table = demo_weights.TOKEN_EMBEDDING
+    dense = demo_weights.pretrain_demo_clip(verbose=False)
+    sparse = demo_weights.pretrain_demo_clip(verbose=False, embedding_rows="used")
+    initial = demo_weights.initial_state_dict()[table]
+    r = demo_weights.RECIPE
+    used = torch.unique(demo_weights.demo_corpus(r["corpus_size"], r["image_size"], r["seed"])[1])
+    unused = torch.ones(len(initial), dtype=torch.bool)
+    unused[used] = False
+    assert torch.equal(sparse[table][unused], initial[unused])
+    assert torch.equal(dense[table][unused], demo_weights.untrained_embedding()[unused])
+    moved = (sparse[table][used] - initial[used]).abs().mean()
+    assert moved > 0 and (sparse[table][used] - dense[table][used]).abs().mean() < 0.1 * moved
+    for key in ("text_projection", "visual.proj", "logit_scale"):
+        step = (dense[key] - demo_weights.initial_state_dict()[key]).abs().mean()
+        assert (sparse[key] - dense[key]).abs().mean() < 0.1 * step, key
+    with pytest.raises(ValueError, match='embedding_rows must be "all" or "used"'):
+        demo_weights.pretrain_demo_clip(verbose=False, embedding_rows="some")
+
+
+def test_the_sparse_tag_is_pretrained_at_first_use_and_cached_apart(tmp_path, monkeypatch):
+    monkeypatch.setenv("GATESCOPE_CACHE", str(tmp_path))
+    for key, value in (("steps", 2), ("corpus_size", 64), ("batch_size", 16)):
+        monkeypatch.setitem(demo_weights.RECIPE, key, value)
+    model = load_clip("gatescope-tiny", "gatescope-demo-sparse")
+    path = demo_weights.demo_weights_path(demo_weights.DEMO_SPARSE_TAG)
+    assert os.path.isfile(path) and not os.path.isfile(demo_weights.demo_weights_path())
+    saved = torch.load(path, weights_only=True)
+    assert torch.equal(model.state_dict()["text_projection"], saved["text_projection"])
+    with pytest.raises(ValueError, match="unknown demo weights 'gatescope-demo-x'; the demo tags are"):
+        demo_weights.ensure_demo_weights(verbose=False, tag="gatescope-demo-x")
+    with pytest.raises(ValueError, match="only for MODEL.BACKBONE.NAME 'gatescope-tiny'"):
+        load_clip("ViT-B/16", "gatescope-demo-sparse")

@@ -50,6 +50,16 @@ def oracle_and_single_prompt(demo_root, tmp_path, task, domains, epochs=None):
     return single.test()["accuracy"], sum(per_domain) / len(per_domain), per_domain
 
 
+def graded(strength=1.0, domains=2, labels="swap"):
+    """The options of a graded task with these knobs."""
+    return ("DATASET.NAME", "GatescopeGraded", "DATASET.DOMAIN_TASK.STRENGTH", strength,
+            "DATASET.DOMAIN_TASK.NUM_DOMAINS", domains, "DATASET.DOMAIN_TASK.LABELS", labels)
+
+
+def tints(n):
+    return tuple(f"tint{d}" for d in range(n))
+
+
 ORACLE_TASKS = {
     # Trained on both domains, one CoOp prompt must serve two label mappings; the oracle does not.
     "multidomain": (("DATASET.NAME", "GatescopeMultiDomain"), ("light", "dark"), None),
@@ -58,7 +68,17 @@ ORACLE_TASKS = {
     "graded-s1-n2-swap": (("DATASET.NAME", "GatescopeGraded"), ("tint0", "tint1"), 10),
     "graded-s1-n3-shift": (("DATASET.NAME", "GatescopeGraded", "DATASET.DOMAIN_TASK.NUM_DOMAINS", 3,
                             "DATASET.DOMAIN_TASK.LABELS", "shift"), ("tint0", "tint1", "tint2"), 10),
+    # The other task variants of the regime map (trainers/tools/grids/regime_map.yaml): the oracle
+    # is told the domain, so its gap holds however alike the tints look; a single prompt's does not.
+    "graded-s0.1-n2-swap": (graded(0.1), tints(2), 10),
+    "graded-s0.25-n2-swap": (graded(0.25), tints(2), 10),
+    "graded-s0.5-n2-swap": (graded(0.5), tints(2), 10),
+    "graded-s1-n3-swap": (graded(1.0, 3), tints(3), 10),
+    "graded-s1-n4-shift": (graded(1.0, 4, "shift"), tints(4), 10),
+    "graded-s1-n2-swap-2shots": (graded() + ("DATASET.NUM_SHOTS", 2), tints(2), 10),
 }
+# The control: labels ignore the domain, so one prompt per domain cannot beat one prompt.
+CONTROL_TASKS = {"graded-s1-n2-same": (graded(labels="same"), tints(2), 10)}
 
 
 @pytest.mark.parametrize("name", list(ORACLE_TASKS))
@@ -68,6 +88,41 @@ def test_an_oracle_with_one_prompt_per_domain_beats_a_single_prompt(demo_root, t
     print(f"{name}: single prompt {single_acc:.1f}%, oracle {oracle_acc:.1f}% (per domain "
           f"{', '.join(f'{d} {a:.1f}' for d, a in zip(domains, per_domain))})")
     assert oracle_acc > single_acc + 5.0
+
+
+@pytest.mark.parametrize("name", list(CONTROL_TASKS))
+def test_in_the_control_an_oracle_gains_nothing_over_a_single_prompt(demo_root, tmp_path, name):
+    task, domains, epochs = CONTROL_TASKS[name]
+    single_acc, oracle_acc, _ = oracle_and_single_prompt(demo_root, tmp_path, task, domains, epochs)
+    print(f"{name}: single prompt {single_acc:.1f}%, oracle {oracle_acc:.1f}%")
+    assert oracle_acc < single_acc + 5.0
+
+
+def task_knobs(opts):
+    """(dataset, strength, domains, labels, shots) that KEY VALUE `opts` set (graded defaults)."""
+    values = dict(zip([str(k) for k in opts[::2]], [str(v) for v in opts[1::2]]))
+    return (values.get("DATASET.NAME"), float(values.get("DATASET.DOMAIN_TASK.STRENGTH", 1.0)),
+            int(values.get("DATASET.DOMAIN_TASK.NUM_DOMAINS", 2)), values.get("DATASET.DOMAIN_TASK.LABELS", "swap"),
+            int(values.get("DATASET.NUM_SHOTS", 16)))
+
+
+def test_every_task_of_the_regime_map_has_its_oracle_check():
+    """Each task variant the regime map runs on the demo weights is one of the checks above, at 16
+    shots and at its fewest shots. The gatescope-demo-sparse tasks are left to the map itself (its
+    table shows the oracle and CoOp side by side): pretraining that backbone costs minutes."""
+    from trainers.tools import study
+    from trainers.tools.grid import read_grid_file
+
+    checked = {task_knobs(task) for task, _, _ in [*ORACLE_TASKS.values(), *CONTROL_TASKS.values()]}
+    spec = read_grid_file(study.preset_path("regime_map"))
+    names = {"gatescope_multidomain": "GatescopeMultiDomain", "gatescope_graded": "GatescopeGraded"}
+    for label, entry in spec["datasets"].items():
+        if "MODEL.BACKBONE.PRETRAINED" in entry.get("opts", []):
+            continue
+        for shots in {16, min(entry.get("shots", [16]))}:
+            knobs = task_knobs(("DATASET.NAME", names[entry["config"]], *entry.get("opts", []),
+                                "DATASET.NUM_SHOTS", shots))
+            assert knobs in checked, f"the regime map's task {label} ({shots} shots) has no oracle check"
 
 
 def test_graded_task_labels_domains_and_folder_follow_its_knobs(demo_root, tmp_path):

@@ -50,7 +50,7 @@ def test_quick_seeds_remedies_and_options_from_the_command_line(tmp_path):
                for c in plan("--quick", "OPTIM.LR", "0.01").cells)
     with pytest.raises(GridError, match=r"unknown variant\(s\) \['magic'\] in --remedies; the grid has: none, "):
         plan("--remedies", "magic")
-    with pytest.raises(GridError, match="no study preset named 'nope'; the presets are study"):
+    with pytest.raises(GridError, match="no study preset named 'nope'; the presets are regime_map, study"):
         plan("--preset", "nope")
 
 

@@ -19,7 +19,10 @@ Weights (`pretrained`):
   "gatescope-demo"         for `gatescope-tiny` only: weights pretrained on generated shape
                            images, shipped with gatescope and unpacked into the cache at first
                            use (demo_weights.py); a cached file that does not load is a damaged
-                           cache (DamagedCacheError names the file to delete).
+                           cache (DamagedCacheError names the file to delete);
+  "gatescope-demo-sparse"  the same pretraining with only the caption tokens' embedding rows as
+                           parameters (differs from "gatescope-demo" in float rounding only);
+                           not shipped: pretrained into the cache at first use.
 
 Activation: OpenAI's CLIPs were trained with QuickGELU, x * sigmoid(1.702 x). Their weights in
 a plain-GELU architecture load without any error and give silently worse features, so the
@@ -44,7 +47,7 @@ import torch
 from ..engine.trust import (TRUST_WEIGHTS_ENV, describe_load_failure, is_torchscript_archive, scan_pickles,
                             trusted_by_env)
 from ..lazy_import import LazyModule
-from .demo_weights import DEMO_WEIGHTS_TAG, DamagedCacheError, ensure_demo_weights
+from .demo_weights import DEMO_VARIANTS, DamagedCacheError, ensure_demo_weights
 from .torchscript import NeedsCodeError, read_torchscript_state_dict
 
 logger = logging.getLogger(__name__)
@@ -371,8 +374,8 @@ def _load_from_file(name, arch, path, trust=None):
     return model
 
 
-def _load_demo_weights(name, arch):
-    path = Path(ensure_demo_weights())
+def _load_demo_weights(name, arch, tag):
+    path = Path(ensure_demo_weights(tag=tag))
     try:
         # gatescope wrote this file itself, as a plain state dict: no trust route, whatever the
         # environment says, and anything unreadable in it is damage, not a foreign format.
@@ -467,12 +470,12 @@ def _load_named(name, arch, pretrained):
         arch, force = _with_activation(arch, quick_gelu)
         return _fresh_model(arch, force)
 
-    if pretrained.lower() == DEMO_WEIGHTS_TAG:
-        # Our own tag: weights pretrained locally on generated shapes (see demo_weights.py).
+    if pretrained.lower() in DEMO_VARIANTS:
+        # Our own tags: weights pretrained on generated shapes (see demo_weights.py).
         if arch != TINY_MODEL_NAME:
-            raise ValueError(f"MODEL.BACKBONE.PRETRAINED '{DEMO_WEIGHTS_TAG}' exists only for "
+            raise ValueError(f"MODEL.BACKBONE.PRETRAINED '{pretrained}' exists only for "
                              f"MODEL.BACKBONE.NAME '{TINY_MODEL_NAME}', not '{name}'.")
-        return _load_demo_weights(name, arch)
+        return _load_demo_weights(name, arch, pretrained.lower())
 
     # A tag wins over a same-named file in the working directory, as in open_clip.
     if not _looks_like_path(pretrained):

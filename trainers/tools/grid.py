@@ -3,7 +3,14 @@
     name: demo                 # optional; the sweep's records go to <output>/sweeps/<name>
     protocol: base2new         # fewshot | base2new | xd | dg, or a list of them
     datasets: [gatescope_demo] # dataset config names (configs/datasets/<name>.yaml) or YAML paths,
-                               # or a mapping {folder label: name or path}
+                               # or a mapping {folder label: name or path, or an entry (below)}
+      # an entry: {config: gatescope_graded,            # the dataset config (name or path)
+      #            opts: [DATASET.DOMAIN_TASK.STRENGTH, 0.5],   # KEY VALUE pairs for its runs
+      #            domains: [tint0, tint1],             # its domains, for the oracle (below)
+      #            shots: [2, 16], seeds: [1, 2],       # instead of the grid's
+      #            variants: [none, fast]}              # only these of the grid's variants run on it
+    oracle:                    # per dataset with `domains`: the domain-told upper bound, one run per
+      {trainer: CoOp, config: demo, opts: []}  # domain trained and tested on it alone (fewshot only)
     shots: [16]                # default [16]
     seeds: [1, 2, 3]
     trainers:                  # a list of names (all use the top-level `configs`), or a mapping:
@@ -16,13 +23,14 @@
       none: []                 # the ones it lists (default: all), each in a folder <cfg>~<variant>
       gradnorm: [REMEDY.GRADNORM.ENABLED, True]
     output: output             # default ./output
-    data: /data                # DATA root; default $DATA, else ./data
+    data: /data                # DATA root; default $DATA, else ./data; "" leaves --root empty, so
+                               # generated datasets go to $GATESCOPE_CACHE/datasets
     xd: {source: imagenet, targets: [caltech101, ...]}   # defaults: the published 10 targets
     dg: {source: imagenet, targets: [imagenetv2, ...]}   # defaults: V2, Sketch, A, R
     resources: {num_cpus: 1, num_gpus: 0, timeout_s: null}  # per run (a Ray task)
     env: {HF_HUB_OFFLINE: "1"}                              # extra environment of every run
     quick:                     # what `--quick` changes (a smoke run, e.g. for CI)
-      {seeds: [1], shots: 4, opts: [OPTIM.MAX_EPOCH, 2], variants: [none, gradnorm]}
+      {seeds: [1], shots: 4, opts: [OPTIM.MAX_EPOCH, 2], variants: [none, gradnorm], datasets: [md]}
     summary:                   # the tables printed at the end (see summarize.SummaryOptions)
       {tables: [variants, problems], baseline: CoOp, title: "Study: {dataset} task", variant: remedy}
 
@@ -36,25 +44,40 @@ The runs, in the layout of `layout` (the same as `scripts/*.sh`):
 - xd and dg: train on the source (all classes, K shots) once per trainer/cfg/gate/seed/shots,
   then `--eval-only` on each target; an xd and a dg run of the same training share it.
 A gate `g` adds `GATE.NAME g` and names the cfg folder `<cfg>@g`; a variant `v` adds its options
-after the trainer's and names it `<cfg>~v` (`<cfg>@g~v` with a gate). Protocol keys come last in
-the options, so a grid's opts cannot silently change what a protocol means; among them is the
-dataset config's own `DATASET.NAME`, because a trainer config read after the dataset config (a
-`demo.yaml` names the demo dataset) would otherwise silently replace the grid's dataset.
+after the trainer's and names it `<cfg>~v` (`<cfg>@g~v` with a gate). A dataset entry's `opts`
+come after those (they say what the task is, e.g. a pool with one prompt per label mapping, so a
+variant cannot silently change it). Protocol keys come last in the options, so a grid's opts
+cannot silently change what a protocol means; among them is the dataset config's own
+`DATASET.NAME`, because a trainer config read after the dataset config (a `demo.yaml` names the
+demo dataset) would otherwise silently replace the grid's dataset.
+
+A dataset entry's `shots` and `seeds` replace the grid's for that dataset (a trainer's own
+`seeds` still win); its `variants` keep only those variants on it (a trainer none of whose
+variants is listed does not run on it).
+
+The oracle (`oracle`): for each fewshot dataset that lists `domains`, each of its shots and
+seeds, one run per domain d of the oracle's trainer, trained and tested on d alone
+(`DATASET.SOURCE_DOMAINS ["d"]`), in the folder `<trainer>/<config>~oracle.<d>`
+(`layout.oracle_label`). The oracle's accuracy on the whole task is the mean of its per-domain
+accuracies (every domain of the controlled tasks has equally many test images); `gatescope
+summarize --table regime` compares the gated methods with it.
 """
 import os
 from dataclasses import dataclass, field
 
 import yaml
 
-from .layout import DG_TARGETS, PHASES, PROTOCOLS, XD_SOURCE, XD_TARGETS, cfg_label, run_dir
+from .layout import DG_TARGETS, PHASES, PROTOCOLS, XD_SOURCE, XD_TARGETS, cfg_label, oracle_label, run_dir
 
 PACKAGE_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                                "configs")
 GRID_KEYS = {"name", "protocol", "datasets", "shots", "seeds", "trainers", "configs", "opts", "output",
-             "data", "xd", "dg", "resources", "env", "variants", "quick", "summary"}
+             "data", "xd", "dg", "resources", "env", "variants", "quick", "summary", "oracle"}
 TRAINER_KEYS = {"configs", "gates", "seeds", "opts", "variants"}
+DATASET_KEYS = {"config", "opts", "domains", "shots", "seeds", "variants"}
+ORACLE_KEYS = {"trainer", "config", "opts"}
 RESOURCE_KEYS = {"num_cpus", "num_gpus", "timeout_s"}
-QUICK_KEYS = {"seeds", "shots", "opts", "variants"}
+QUICK_KEYS = {"seeds", "shots", "opts", "variants", "datasets"}
 SUMMARY_KEYS = {"tables", "baseline", "title", "variant"}
 
 
@@ -107,6 +130,7 @@ class Grid:
     summary: dict = field(default_factory=dict)
     trainers: list = field(default_factory=list)
     variants: list = field(default_factory=list)
+    datasets: list = field(default_factory=list)  # folder labels, in the grid's order
 
 
 def _as_list(value, what):
@@ -173,16 +197,49 @@ def dataset_name_opts(path):
     return ["DATASET.NAME", str(name)] if name else []
 
 
+@dataclass
+class DatasetEntry:
+    """One dataset of a grid: its folder label, config file and what its entry changes (see the
+    module docstring); None where the entry leaves the grid's setting."""
+
+    label: str
+    path: str
+    opts: list = field(default_factory=list)
+    domains: list = field(default_factory=list)
+    shots: list = None
+    seeds: list = None
+    variants: list = None
+
+
+def _dataset_entry(label, value):
+    if not isinstance(value, dict):
+        _, path = resolve_config("dataset", value)
+        return DatasetEntry(str(label), path)
+    where = f"datasets.{label}"
+    _check_keys(value, DATASET_KEYS, where)
+    if not value.get("config"):
+        raise GridError(f"{where} names no `config` (the dataset config: a name in configs/datasets or a path)")
+    _, path = resolve_config("dataset", value["config"])
+    domains = [str(d) for d in _as_list(value.get("domains"), f"{where}.domains")]
+    if len(set(domains)) != len(domains):
+        raise GridError(f"{where}.domains lists a domain twice: {domains}")
+    shots = [int(k) for k in _as_list(value.get("shots"), f"{where}.shots")] or None
+    seeds = [int(s) for s in _as_list(value.get("seeds"), f"{where}.seeds")] or None
+    variants = value.get("variants")
+    return DatasetEntry(str(label), path, _opts(value.get("opts"), f"{where}.opts"), domains, shots, seeds,
+                        None if variants is None else [str(v) for v in _as_list(variants, f"{where}.variants")])
+
+
 def _datasets(spec):
-    """[(folder label, config path)] from the list or mapping form of `datasets`."""
+    """[DatasetEntry] from the list or mapping form of `datasets`."""
     value = spec.get("datasets")
     if isinstance(value, dict):
-        out = []
-        for label, name in value.items():
-            _, path = resolve_config("dataset", name)
-            out.append((str(label), path))
-        return out
-    return [resolve_config("dataset", d) for d in _as_list(value, "datasets")]
+        return [_dataset_entry(label, entry) for label, entry in value.items()]
+    entries = []
+    for d in _as_list(value, "datasets"):
+        label, path = resolve_config("dataset", d)
+        entries.append(DatasetEntry(label, path))
+    return entries
 
 
 def _trainer_entries(spec):
@@ -222,6 +279,12 @@ def select_variants(spec, names, where="the variants asked for"):
         raise GridError(f"unknown variant(s) {unknown} in {where}; the grid has: {', '.join(known) or 'none'}")
     spec = dict(spec)
     spec["variants"] = {k: v for k, v in (spec.get("variants") or {}).items() if str(k) in names}
+    datasets = spec.get("datasets")
+    if isinstance(datasets, dict):
+        spec["datasets"] = {
+            label: ({**entry, "variants": [v for v in _as_list(entry["variants"], "variants") if str(v) in names]}
+                    if isinstance(entry, dict) and entry.get("variants") is not None else entry)
+            for label, entry in datasets.items()}
     trainers = spec.get("trainers")
     if isinstance(trainers, dict):
         spec["trainers"] = {
@@ -232,8 +295,9 @@ def select_variants(spec, names, where="the variants asked for"):
 
 
 def apply_quick(spec):
-    """`spec` changed by its `quick` section: seeds and shots replaced, opts appended after the
-    grid's, variants narrowed (see `select_variants`). A grid without one is an error."""
+    """`spec` changed by its `quick` section: seeds and shots replaced (also those of dataset
+    entries), opts appended after the grid's, variants and datasets narrowed (see
+    `select_variants`, `select_datasets`). A grid without one is an error."""
     quick = spec.get("quick")
     if not quick:
         raise GridError("the grid has no `quick` section, so --quick means nothing for it; add e.g. "
@@ -243,11 +307,33 @@ def apply_quick(spec):
     for key in ("seeds", "shots"):
         if key in quick:
             spec[key] = quick[key]
+            if isinstance(spec.get("datasets"), dict):  # everywhere: dataset entries' own too
+                spec["datasets"] = {label: ({k: v for k, v in entry.items() if k != key} if isinstance(entry, dict)
+                                            else entry) for label, entry in spec["datasets"].items()}
     if quick.get("opts"):
         spec["opts"] = _opts(spec.get("opts"), "opts") + _opts(quick["opts"], "quick.opts")
     if quick.get("variants") is not None:
         spec = select_variants(spec, [str(v) for v in _as_list(quick["variants"], "quick.variants")],
                                "quick.variants")
+    if quick.get("datasets") is not None:
+        spec = select_datasets(spec, [str(d) for d in _as_list(quick["datasets"], "quick.datasets")])
+    return spec
+
+
+def select_datasets(spec, labels):
+    """`spec` with only the datasets of those folder labels (a list entry's label is its config's
+    name); an unknown label is an error listing the grid's."""
+    value = spec.get("datasets")
+    known = [str(k) for k in value] if isinstance(value, dict) else [
+        os.path.splitext(os.path.basename(str(d)))[0] for d in _as_list(value, "datasets")]
+    unknown = [label for label in labels if label not in known]
+    if unknown:
+        raise GridError(f"unknown dataset(s) {unknown} in quick.datasets; the grid has: {', '.join(known) or 'none'}")
+    spec = dict(spec)
+    if isinstance(value, dict):
+        spec["datasets"] = {k: v for k, v in value.items() if str(k) in labels}
+    else:
+        spec["datasets"] = [d for d, label in zip(_as_list(value, "datasets"), known) if label in labels]
     return spec
 
 
@@ -287,6 +373,14 @@ def load_grid(path, quick=False):
     return expand_grid(apply_quick(spec) if quick else spec)
 
 
+def _union(lists):
+    """The values of `lists` in order of first appearance."""
+    out = []
+    for values in lists:
+        out += [v for v in values if v not in out]
+    return out
+
+
 def expand_grid(spec):
     """The Grid of a parsed GRID.yaml mapping."""
     _check_keys(spec, GRID_KEYS, "the grid")
@@ -295,7 +389,9 @@ def expand_grid(spec):
         if protocol not in PROTOCOLS:
             raise GridError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
     output = os.path.abspath(str(spec.get("output", "output")))
-    data = os.path.abspath(str(spec.get("data") or os.environ.get("DATA") or "data"))
+    data = spec.get("data")
+    # "" is kept: train.py's --root "" lets each dataset use its default (generated ones: gatescope's cache).
+    data = "" if data == "" else os.path.abspath(str(data or os.environ.get("DATA") or "data"))
     shots = [int(k) for k in _as_list(spec.get("shots", 16), "shots")]
     seeds = [int(s) for s in _as_list(spec.get("seeds"), "seeds")]
     common_opts = _opts(spec.get("opts"), "opts")
@@ -306,6 +402,12 @@ def expand_grid(spec):
     datasets = _datasets(spec)
     if {"fewshot", "base2new"} & set(protocols) and not datasets:
         raise GridError("protocols fewshot and base2new need `datasets`")
+    for ds in datasets:
+        unknown = [v for v in ds.variants or [] if v not in variants]
+        if unknown:
+            raise GridError(f"datasets.{ds.label}.variants names {unknown}, which the grid's `variants` section "
+                            f"does not define (it has: {', '.join(variants) or 'none'})")
+    context = dict(spec=spec, datasets=datasets, shots=shots, seeds=seeds, output=output, data=data)
 
     cells, trainer_names = {}, []
     for trainer, entry in _trainer_entries(spec):
@@ -314,8 +416,9 @@ def expand_grid(spec):
         if not configs:
             raise GridError(f"trainer {trainer} has no configs (give `configs` at the top or under the trainer)")
         gates = [str(g) for g in _as_list(entry.get("gates"), f"trainers.{trainer}.gates")] or [""]
-        trainer_seeds = [int(s) for s in _as_list(entry.get("seeds"), f"trainers.{trainer}.seeds")] or seeds
-        if not trainer_seeds:
+        own_seeds = [int(s) for s in _as_list(entry.get("seeds"), f"trainers.{trainer}.seeds")]
+        seedless = [ds for ds in datasets if ds.seeds is None] or not datasets or {"xd", "dg"} & set(protocols)
+        if not own_seeds and not seeds and seedless:
             raise GridError(f"no seeds for trainer {trainer} (give `seeds` at the top or under the trainer)")
         opts = common_opts + _opts(entry.get("opts"), f"trainers.{trainer}.opts")
         own = [str(v) for v in _as_list(entry.get("variants"), f"trainers.{trainer}.variants")]
@@ -327,23 +430,67 @@ def expand_grid(spec):
             own = list(variants)  # a trainer that names no variants runs them all
         elif variants and not own:
             continue  # narrowed (--quick, --remedies) to none of this trainer's variants
+        all_shots = _union([shots] + [ds.shots or [] for ds in datasets])
+        all_seeds = own_seeds or _union([seeds] + [ds.seeds or [] for ds in datasets])
         for cfg_name in configs:
             cfg, cfg_path = resolve_config("trainer", cfg_name, trainer)
             for gate in gates:
                 for variant in own or [""]:
                     run_opts = opts + (["GATE.NAME", gate] if gate else []) + variants.get(variant, [])
                     method = dict(trainer=trainer, cfg=cfg_label(cfg, gate, variant), cfg_path=cfg_path,
-                                  opts=run_opts)
-                    for k in shots:
-                        for seed in trainer_seeds:
+                                  opts=run_opts, variant=variant, seeds=own_seeds)
+                    for k in all_shots:
+                        for seed in all_seeds:
                             for protocol in protocols:
-                                _add_cells(cells, spec, protocol, method, datasets, k, seed, output, data)
+                                _add_cells(cells, context, protocol, method, k, seed)
+    _add_oracle_cells(cells, context, protocols, common_opts)
     return Grid(name=str(spec["name"]), output=output, cells=list(cells.values()), resources=resources, env=env,
-                summary=summary, trainers=trainer_names, variants=list(variants))
+                summary=summary, trainers=trainer_names, variants=list(variants),
+                datasets=[ds.label for ds in datasets])
 
 
-def _add_cells(cells, spec, protocol, method, datasets, shots, seed, output, data):
+def _runs_on(ds, context, shots, seed, own_seeds=()):
+    """Whether dataset entry `ds` has these shots and this seed (a trainer's own seeds win)."""
+    return shots in (ds.shots or context["shots"]) and seed in (own_seeds or ds.seeds or context["seeds"])
+
+
+def _add_oracle_cells(cells, context, protocols, common_opts):
+    """The oracle's runs (see the module docstring): per dataset with domains, shots, seed, domain."""
+    spec = context["spec"]
+    if spec.get("oracle") is None:
+        return
+    oracle = _mapping(spec["oracle"], "oracle", ORACLE_KEYS)
+    if "fewshot" not in protocols:
+        raise GridError("the oracle trains one prompt per domain of a few-shot task: it needs protocol fewshot")
+    with_domains = [ds for ds in context["datasets"] if ds.domains]
+    if not with_domains:
+        raise GridError("the grid has an `oracle` but no dataset lists its `domains` (the oracle trains one run "
+                        "per domain): add e.g. domains: [light, dark] to a dataset entry")
+    trainer = str(oracle.get("trainer") or "")
+    if not trainer:
+        raise GridError("oracle.trainer is missing: the trainer told the domain, e.g. CoOp")
+    config, cfg_path = resolve_config("trainer", oracle.get("config") or "demo", trainer)
+    opts = common_opts + _opts(oracle.get("opts"), "oracle.opts")
+    output, data = context["output"], context["data"]
+    for ds in with_domains:
+        for shots in ds.shots or context["shots"]:
+            for seed in ds.seeds or context["seeds"]:
+                for domain in ds.domains:
+                    cfg = oracle_label(config, domain)
+                    run = run_dir(output, "fewshot", "", ds.label, shots, trainer, cfg, seed)
+                    cell_id = os.path.relpath(run, output)
+                    if cell_id in cells:
+                        continue
+                    cell = cells[cell_id] = Cell(cell_id, "fewshot", trainer, cfg, seed, shots)
+                    cell.steps.append(Step("", ds.label, run, _base_argv(data, seed, trainer, cfg_path, ds.path, run),
+                                           opts + ds.opts + dataset_name_opts(ds.path)
+                                           + ["DATASET.NUM_SHOTS", str(shots),
+                                              "DATASET.SOURCE_DOMAINS", f'["{domain}"]']))
+
+
+def _add_cells(cells, context, protocol, method, shots, seed):
     trainer, cfg, cfg_path, opts = method["trainer"], method["cfg"], method["cfg_path"], method["opts"]
+    spec, output, data = context["spec"], context["output"], context["data"]
 
     def where(phase, dataset):
         return run_dir(output, protocol, phase, dataset, shots, trainer, cfg, seed)
@@ -353,7 +500,12 @@ def _add_cells(cells, spec, protocol, method, datasets, shots, seed, output, dat
         return cells.setdefault(cell_id, Cell(cell_id, protocol, trainer, cfg, seed, shots))
 
     if protocol in ("fewshot", "base2new"):
-        for dataset, dataset_path in datasets:
+        for ds in context["datasets"]:
+            if ds.variants is not None and method["variant"] not in ds.variants:
+                continue
+            if not _runs_on(ds, context, shots, seed, method["seeds"]):
+                continue
+            dataset, dataset_path = ds.label, ds.path
             name = dataset_name_opts(dataset_path)
             train_phase = PHASES[protocol][0]
             train_dir = where(train_phase, dataset)
@@ -361,18 +513,20 @@ def _add_cells(cells, spec, protocol, method, datasets, shots, seed, output, dat
             subsample = ["DATASET.SUBSAMPLE_CLASSES", "base"] if protocol == "base2new" else []
             cell.steps.append(Step(train_phase, dataset, train_dir,
                                    _base_argv(data, seed, trainer, cfg_path, dataset_path, train_dir),
-                                   opts + name + ["DATASET.NUM_SHOTS", str(shots)] + subsample))
+                                   opts + ds.opts + name + ["DATASET.NUM_SHOTS", str(shots)] + subsample))
             if protocol == "base2new":
                 test_dir = where("test_new", dataset)
                 cell.steps.append(Step("test_new", dataset, test_dir,
                                        _base_argv(data, seed, trainer, cfg_path, dataset_path, test_dir)
                                        + ["--eval-only", "--model-dir", train_dir],
-                                       opts + name + ["DATASET.NUM_SHOTS", str(shots),
-                                                      "DATASET.SUBSAMPLE_CLASSES", "new"],
+                                       opts + ds.opts + name + ["DATASET.NUM_SHOTS", str(shots),
+                                                                "DATASET.SUBSAMPLE_CLASSES", "new"],
                                        model_dir=train_dir))
         return
 
     # xd and dg: one training on the source, shared by both protocols, then one test per target.
+    if shots not in context["shots"] or seed not in (method["seeds"] or context["seeds"]):
+        return  # shots or seeds of a dataset entry only
     settings = _mapping(spec.get(protocol), protocol, {"source", "targets"})
     source = str(settings.get("source", XD_SOURCE))
     targets = _as_list(settings.get("targets"), f"{protocol}.targets") or list(

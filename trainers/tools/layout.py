@@ -12,8 +12,9 @@ gatescope's layout (CoCoOp's base-to-new layout, extended to the other protocols
 `<dataset>` is the dataset config's name (`configs/datasets/<dataset>.yaml`, or the label a grid
 gives it), `<cfg>` the trainer config's name; a run with a gate chosen by `GATE.NAME g` has
 `<cfg>@g`, and a run of a grid's named variant v (a set of options, e.g. a remedy) `<cfg>~v` or
-`<cfg>@g~v`. `scripts/*.sh` write the same layout (keep the two in step). The parser also reads
-the layouts of the original code, so old runs can be summarised beside new ones:
+`<cfg>@g~v`; a grid's oracle run on domain d `<cfg>~oracle.d`. `scripts/*.sh` write the same
+layout (keep the two in step). The parser also reads the layouts of the original code, so old
+runs can be summarised beside new ones:
 
     <output>/<dataset>/<trainer>/<cfg>_<K>shots/<variant>/seed<S>   (CoOp's main.sh: few-shot)
     <output>/<dataset>/<trainer>/<cfg>_<K>shots/seed<S>             (CoCoOp / MaPLe: ImageNet training)
@@ -34,6 +35,8 @@ DG_TARGETS = ("imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r")
 GATE_SEPARATOR = "@"
 # "+" would read better but occurs in real config names (IVLP's vit_b16_c2_ep5_batch4_2+2ctx).
 VARIANT_SEPARATOR = "~"
+# A grid's oracle run on domain d is the variant `oracle.d` of its config (grid.py, "oracle").
+ORACLE_VARIANT_PREFIX = "oracle."
 
 
 @dataclass
@@ -66,6 +69,17 @@ def cfg_label(cfg, gate="", variant=""):
     `~<variant>` for a grid's named variant."""
     label = f"{cfg}{GATE_SEPARATOR}{gate}" if gate else cfg
     return f"{label}{VARIANT_SEPARATOR}{variant}" if variant else label
+
+
+def oracle_label(cfg, domain):
+    """The `<cfg>` folder name of the oracle's run on `domain`: `<cfg>~oracle.<domain>`."""
+    return cfg_label(cfg, "", f"{ORACLE_VARIANT_PREFIX}{domain}")
+
+
+def oracle_domain(label):
+    """The domain of an oracle run's `<cfg>` folder name, or None when it is not one."""
+    variant = split_cfg_label(label).variant
+    return variant[len(ORACLE_VARIANT_PREFIX):] if variant.startswith(ORACLE_VARIANT_PREFIX) else None
 
 
 def split_cfg_label(label):

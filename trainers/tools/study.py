@@ -10,10 +10,13 @@ on, and each run is a `train.py` subprocess on a local Ray (or a cluster with `-
 
 A new preset is a new grid file in `grids/` (see `grids/study.yaml`): its `variants` are the
 named option sets compared (remedies here), and its `summary` section chooses the tables
-(`variants` for this view), the baseline of the Δ column and the table titles.
+(`variants` for this view), the baseline of the Δ column and the table titles. The preset
+`regime_map` (`grids/regime_map.yaml`) adds an `oracle` and the `regime` table: where gating
+recovers the oracle's gap, ending with its `best: ...` line.
 """
 import argparse
 import os
+import re
 import sys
 
 from .grid import GridError, apply_quick, expand_grid, read_grid_file, select_variants
@@ -45,7 +48,9 @@ def study_grid(args):
     if args.quick:
         spec = apply_quick(spec)
     spec["output"] = args.output or spec.get("output") or os.path.join("output", spec["name"])
-    spec["data"] = args.root
+    # The study's tasks are generated: without --root (or a grid's `data`) they go to gatescope's
+    # cache ($GATESCOPE_CACHE/datasets, what train.py's empty --root means), never into ./data.
+    spec["data"] = args.root if args.root is not None else spec.get("data", "")
     if args.seeds:
         spec["seeds"] = args.seeds
     if args.remedies:
@@ -57,21 +62,22 @@ def study_grid(args):
     return expand_grid(spec)
 
 
-def uses_demo_weights(grid):
-    """Whether a run of `grid` asks for the demo backbone's weights (in its options or config file)."""
-    from trainers.backbone.demo_weights import DEMO_WEIGHTS_TAG
+def demo_weights_used(grid):
+    """The demo weight tags (demo_weights.DEMO_VARIANTS) a run of `grid` asks for, in its options or
+    config files, each once."""
+    from trainers.backbone.demo_weights import DEMO_VARIANTS
 
-    configs = set()
+    found, configs = set(), set()
     for cell in grid.cells:
         for step in cell.steps:
-            if DEMO_WEIGHTS_TAG in step.opts:
-                return True
+            found |= {value for key, value in zip(step.opts[::2], step.opts[1::2])
+                      if key == "MODEL.BACKBONE.PRETRAINED" and value.lower() in DEMO_VARIANTS}
             configs.add(step.flags[step.flags.index("--config-file") + 1])
     for path in configs:
         with open(path, encoding="utf-8") as f:
-            if DEMO_WEIGHTS_TAG in f.read():
-                return True
-    return False
+            text = f.read()
+        found |= {tag for tag in DEMO_VARIANTS if re.search(rf"['\"\s]{re.escape(tag)}['\"\s]", text)}
+    return sorted(found)
 
 
 def build_parser(prog="gatescope study"):
@@ -79,7 +85,9 @@ def build_parser(prog="gatescope study"):
     parser.add_argument("--preset", default=DEFAULT_PRESET,
                         help=f"the grid: a name in {GRIDS_DIR} (default {DEFAULT_PRESET}) or a grid file")
     parser.add_argument("--output", default=None, help="folder of the study's runs (default: the grid's, output/study)")
-    parser.add_argument("--root", default="data", help="data root (the tasks are generated there)")
+    parser.add_argument("--root", default=None,
+                        help="data root where the tasks are generated (default: the grid's `data`, else "
+                             "gatescope's cache, $GATESCOPE_CACHE/datasets)")
     parser.add_argument("--quick", action="store_true",
                         help="the grid's quick setting (study: 1 seed, 2 epochs, 4 shots, remedies none and "
                              "gradnorm; what CI runs)")
@@ -106,8 +114,10 @@ def study_main(argv=None, prog="gatescope study"):
         return 0
     if not args.tables_only:
         print(f"{prog}: {len(grid.cells)} runs in {grid.output}")
-        if uses_demo_weights(grid):
-            # The runs start in parallel: pretrain the demo backbone here once, not in each of them.
+        tags = demo_weights_used(grid)
+        if tags:
+            # The runs start in parallel: make the demo backbone's weights here once, before them.
             from trainers.backbone.demo_weights import ensure_demo_weights
-            ensure_demo_weights()
+            for tag in tags:
+                ensure_demo_weights(tag=tag)
     return run_and_report(grid, args, prog, tables_only=args.tables_only)

@@ -27,6 +27,10 @@ when it is a known one (see `layout`), else from each run's results.json / log. 
 - variants (`--table variants`; what `gatescope study` prints): one table per dataset, a row per
   method and variant (`<cfg>~<variant>` folders of a grid) and gate, with accuracy, the delta
   vs a baseline trainer (`--baseline`, else vs parent) and the gate columns below;
+- regime (`--table regime`; what `gatescope study --preset regime_map` prints): per task with an
+  oracle (`<cfg>~oracle.<domain>` runs of a grid's `oracle`), each gated method's accuracy beside
+  the baseline's and the oracle's, the share of the oracle's gap it recovers, MI(choice; domain),
+  the counterfactual, verdicts and the domain probe; then a `best: ...` line (see `regime`);
 - gates (from `diagnostics/summary.json` of the runs that trained; an `--eval-only` run has no
   gradients to judge): per gate, the count of each verdict over runs (whatever verdicts the
   diagnostics write), whether the seeds agree ("no" flags a cell whose seeds got different
@@ -55,7 +59,7 @@ from .layout import cfg_label, phase_sibling, split_cfg_label
 from .runs import find_runs, read_runs
 from .tables import FORMATS, Delta, Sci, Stat, Table, drop_empty_columns, render
 
-TABLES = ("base2new", "accuracy", "variants", "gates", "problems")
+TABLES = ("base2new", "accuracy", "variants", "regime", "gates", "problems")
 # What a plain `gatescope summarize` prints; `variants` repeats the accuracy table's numbers.
 DEFAULT_TABLES = ("base2new", "accuracy", "gates", "problems")
 STD_NOTE = "std over seeds: population std (ddof=0), as CoOp's parse_test_res.py"
@@ -75,11 +79,12 @@ class SummaryOptions:
     variant: str = "variant"  # header of the variants table's variant column (the study: "remedy")
     trainers: tuple = ()  # order of the trainers in the variants table (default: sorted)
     variants: tuple = ()  # order of the variants (default: sorted)
+    datasets: tuple = ()  # order of the datasets in the regime table (default: sorted)
 
     @classmethod
     def from_grid(cls, grid):
         summary = dict(grid.summary)
-        options = cls(trainers=tuple(grid.trainers), variants=tuple(grid.variants))
+        options = cls(trainers=tuple(grid.trainers), variants=tuple(grid.variants), datasets=tuple(grid.datasets))
         if "tables" in summary:
             options.tables = tuple(summary["tables"])
         for name in ("baseline", "title", "variant"):
@@ -516,18 +521,43 @@ def summarize_runs(runs, tables=None, options=None):
         "base2new": lambda: [base2new_table(pairs, parents, flags)],
         "accuracy": lambda: [accuracy_table(groups, parents, flags, paired_keys)],
         "variants": lambda: variants_tables(groups, parents, flags, options),
+        "regime": lambda: [regime_table_of(groups, options)],
         "gates": lambda: [gates_table(runs)],
         "problems": lambda: [problems_table(runs, unpaired, duplicates)],
     }
     return [table for name in TABLES if name in tables for table in built[name]() if table.rows]
 
 
+def regime_rows_of(groups, options):
+    """The regime map's rows (trainers/tools/regime.py) in the order `options` give."""
+    from .regime import regime_rows, sort_rows  # regime builds on this module's groups and gate columns
+
+    return sort_rows(regime_rows(groups, options.baseline), options.datasets, options.trainers, options.variants)
+
+
+def regime_table_of(groups, options):
+    from .regime import regime_table
+
+    return regime_table(regime_rows_of(groups, options), options.baseline, options.variant)
+
+
+def best_setting_line(runs, options):
+    """The regime map's `best: ...` line for these runs (regime.best_line)."""
+    from .regime import best_line
+
+    return best_line(regime_rows_of(group_runs(runs)[0], options))
+
+
 def summarize(paths, fmt="plain", digits=2, tables=None, options=None):
-    """Read every run under `paths` and return the rendered tables as one string."""
+    """Read every run under `paths` and return the rendered tables as one string; with the regime
+    table, its `best: ...` line last."""
+    options = options or SummaryOptions()
     runs = [run for path in paths for run in find_runs(path)]
     if not runs:
         raise FileNotFoundError(f"no runs under {', '.join(paths)} (a run folder holds results.json or log.txt)")
     rendered = [render(table, fmt, digits) for table in summarize_runs(runs, tables, options)]
+    if "regime" in (tables or options.tables):
+        rendered.append(best_setting_line(runs, options))
     return "\n\n".join(rendered) if rendered else "no table has rows (see --table)"
 
 
@@ -539,7 +569,8 @@ def build_parser(prog="gatescope summarize"):
     parser.add_argument("--table", action="append", choices=TABLES,
                         help=f"print only this table (repeatable; default: {', '.join(DEFAULT_TABLES)})")
     parser.add_argument("--baseline", metavar="TRAINER",
-                        help="the variants table's Δ column compares with this trainer (default: each one's parent)")
+                        help="the variants table's Δ column compares with this trainer (default: each one's parent); "
+                             "the regime table's recovery is measured from it (required there)")
     parser.add_argument("--digits", type=int, default=2, help="decimals of accuracies (default 2)")
     return parser
 
@@ -547,6 +578,10 @@ def build_parser(prog="gatescope summarize"):
 def summarize_main(argv=None, prog="gatescope summarize"):
     args = build_parser(prog).parse_args(argv)
     options = SummaryOptions(tables=tuple(args.table or DEFAULT_TABLES), baseline=args.baseline)
+    if "regime" in options.tables and not args.baseline:
+        print(f"{prog}: the regime table measures recovery from a baseline trainer (one prompt for every "
+              "domain): give it, e.g. --baseline CoOp", file=sys.stderr)
+        return 2
     try:
         print(summarize(args.dirs, args.format, args.digits, options=options))
     except FileNotFoundError as e:

@@ -20,7 +20,8 @@
   failed training stops the later steps of its own run only.
 - A tqdm bar shows done / running / failed / skipped; at the end the summary tables of the
   grid's runs are printed (`gatescope summarize` on exactly those runs, with the tables and
-  options of the grid's `summary` section).
+  options of the grid's `summary` section). With the regime table, the map is also drawn in
+  `<output>/regime_map.png` and the last line printed is its `best: ...` line (see `regime`).
 """
 import argparse
 import contextlib
@@ -38,10 +39,12 @@ from gates.plumbing import append_jsonl
 
 from .grid import GridError, Step, load_grid
 from .runs import FAILURES_FILE, is_complete, last_epoch, read_runs
-from .summarize import SummaryOptions, summarize_runs
+from .regime import plot_regime_map
+from .summarize import SummaryOptions, best_setting_line, group_runs, regime_rows_of, summarize_runs
 from .tables import FORMATS, render
 
 STEP_OUTPUT = "sweep_output.txt"
+REGIME_PNG = "regime_map.png"  # written in the grid's output folder when its summary has the regime table
 ERROR_TAIL_LINES = 30
 # Seconds a step's process group gets after SIGTERM (train.py then writes its diagnostics and
 # says how to resume) before SIGKILL ends whatever is left of it.
@@ -316,20 +319,28 @@ def run_and_report(grid, args, prog, tables_only=False):
             print(f"\n{prog}: interrupted; the runs in progress were stopped. The same command continues "
                   "where it stopped (finished runs are skipped).", file=sys.stderr)
             return 130
-    tables = summarize_runs(grid_runs(grid, report), options=SummaryOptions.from_grid(grid))
+    runs = grid_runs(grid, report)
+    options = SummaryOptions.from_grid(grid)
+    tables = summarize_runs(runs, options=options)
     print("\n\n".join(render(table, args.format) for table in tables))
-    if report is None:
-        return 0
-    failed_cells = sorted({r["cell"] for r in report.failed})
-    print(f"\nsweep {grid.name}: {report.total} runs; {len(report.skipped)} already finished, "
-          f"{len(report.finished)} finished now, {len(failed_cells)} failed "
-          f"({time.time() - started:.0f} s)")
-    for record in report.failed:
-        tail = [line for line in record["error_tail"].splitlines() if line.strip()]
-        print(f"  FAILED {record['cell']} [{record['step']}]: {tail[-1] if tail else 'no output'}")
-    if report.failed:
-        print(f"  details: {report.failures_path}")
-    return 1 if report.failed else 0
+    status = 0
+    if report is not None:
+        failed_cells = sorted({r["cell"] for r in report.failed})
+        print(f"\nsweep {grid.name}: {report.total} runs; {len(report.skipped)} already finished, "
+              f"{len(report.finished)} finished now, {len(failed_cells)} failed "
+              f"({time.time() - started:.0f} s)")
+        for record in report.failed:
+            tail = [line for line in record["error_tail"].splitlines() if line.strip()]
+            print(f"  FAILED {record['cell']} [{record['step']}]: {tail[-1] if tail else 'no output'}")
+        if report.failed:
+            print(f"  details: {report.failures_path}")
+        status = 1 if report.failed else 0
+    if "regime" in options.tables:  # the map as a picture, then its answer as the last line
+        picture = plot_regime_map(regime_rows_of(group_runs(runs)[0], options), os.path.join(grid.output, REGIME_PNG))
+        if picture:
+            print(f"\nregime map: {picture}")
+        print(best_setting_line(runs, options))
+    return status
 
 
 def build_parser(prog="gatescope sweep"):
