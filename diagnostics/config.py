@@ -48,6 +48,7 @@ def add_diagnostics_config(cfg):
     declare(d, LOG_EVERY=at_least(1), EPS=between(0, 0.5, lo_open=True), RHO_MIN=at_least(0), STD_MIN=at_least(0),
             SAT_MAX=between(0, 1), EFF_MIN=at_least(1, "exp(entropy) of one option"), MOVE_MIN=at_least(0),
             KL_MIN=at_least(0, "nats"), FLIP_MIN=between(0, 1, "a share of the inputs"),
+            GAIN_MIN=between(0, 1, "a share of the cross-entropy"),
             SENSITIVITY_MIN=at_least(0), SCHEDULE_GAIN_MIN=at_least(0, "accuracy points"),
             PROBE_MARGIN=between(0, 100, "accuracy points"), MI_P_MAX=between(0, 1, lo_open=True),
             WINDOW=between(0, 1, lo_open=True), GAP_SEVERE=at_least(0),

@@ -15,7 +15,7 @@ from gates.contract import apply_test_mode
 
 from . import metrics, probes, report, study_metrics, study_outputs
 from .study_probes import study_probes
-from .verdict import DEFAULT_THRESHOLDS, decisions_changed, gate_verdict, probe_flags
+from .verdict import DEFAULT_THRESHOLDS, decisions_changed, gate_verdict, loss_gain, probe_flags
 
 MAX_OPTIONS_LISTED = 64  # per-option lists are kept in the step records up to this many options
 OUTPUT_SAMPLE_PER_EPOCH = 4096  # gate values kept per gate and epoch for the distribution plot
@@ -599,6 +599,7 @@ class RunDiagnostics:
             if last_study is not None:
                 gate.update(study_gap_figures(last_study[1]))
             gate["decisions_changed"] = decisions_changed(gate)[0]
+            gate["loss_gain"] = loss_gain(gate)[0]
             gate["verdict"], gate["reasons"] = gate_verdict(gate, th)
             gates[name] = gate
         underflow = [u for u in (s.get("fp16_underflow", {}).get("underflow") for s in window) if u is not None]

@@ -165,3 +165,27 @@ def rediagnose(summary, overrides=None):
         verdict, reasons = gate_verdict(gate, thresholds)
         out[name] = (gate.get("verdict"), verdict, reasons)
     return out
+
+
+def write_rediagnosed(path, summary, verdicts, overrides=None):
+    """Store rediagnose's `verdicts` ({gate: (old, new, reasons)}) in the summary at `path`: each
+    gate's verdict and reasons replaced, the thresholds updated with `overrides`, and the verdicts
+    they replace kept under summary["rediagnosed"]["previous"] (the first ones, when rediagnosed
+    again). Written atomically: a crash leaves the old file whole. Raises OSError naming the path."""
+    from gates.plumbing import write_json_atomic
+    from .verdict import merged_thresholds
+
+    from .verdict import loss_gain
+
+    record = summary.setdefault("rediagnosed", {"previous": {}})
+    for name, (old, new, reasons) in verdicts.items():
+        record["previous"].setdefault(name, old)
+        summary["gates"][name]["loss_gain"] = loss_gain(summary["gates"][name])[0]
+        summary["gates"][name]["verdict"] = new
+        summary["gates"][name]["reasons"] = reasons
+    thresholds = dict(summary.get("thresholds") or {})
+    thresholds.update({k: float(v) for k, v in (overrides or {}).items()})
+    thresholds.update(merged_thresholds(thresholds))  # a threshold added since the run: its default, as used
+    summary["thresholds"] = thresholds
+    record["thresholds"] = summary["thresholds"]
+    write_json_atomic(summary, path)

@@ -3,7 +3,7 @@
 No trainer, no I/O: `gatescope diagnose RUN_DIR --set KEY VALUE` recomputes the verdict of any
 finished run from its summary.json with other thresholds.
 
-Three questions (t = the thresholds, DEFAULT_THRESHOLDS for those not given):
+Four questions (t = the thresholds, DEFAULT_THRESHOLDS for those not given):
 
   trainable   rho_task >= RHO_MIN. rho_task = RMS(d ce / d gate params) / RMS(d ce / d prompt params),
               the task loss alone (a gate's own auxiliary loss, sparsity and remedies' losses are left
@@ -37,13 +37,26 @@ Three questions (t = the thresholds, DEFAULT_THRESHOLDS for those not given):
               (noise). A gate that moves the probabilities but no decision (a constant gate predicts
               the same classes) changes nothing a classifier is judged on: the study's criterion is
               a gain over fixed prompts, i.e. decisions. Not tested when not measured.
+  useful      (a functional gate) gain = (loss_reference - loss_learned) / loss_learned on the
+              evaluation set, the cross-entropy with the gate replaced by its reference against the
+              learned model's: the share of the task loss the gate's input dependence (a per-task
+              gate: what it learned) removes. gain >= GAIN_MIN: it helps; gain <= -GAIN_MIN: its
+              reference does better, it hurts; in between it changes decisions without a gain over
+              its own constant (the study's "no gain over fixed prompts", read on the loss, which is
+              not quantised by the test-set size as accuracy is). Not tested when not measured.
 
   order  verdict     rule (the first that holds)
   1      collapsed   not varied and not functional: a constant in all but name
   2      degraded    not varied (but functional): the output does not follow the input / did not learn
   3      inert       not functional: its statistics look alive, removing it changes no decision
-  4      imbalanced  not trainable: it works, but its task gradient is too small to train it
-  5      healthy     trainable, varied and functional
+  4      imbalanced  not trainable: it changes the model, but its task gradient is too small to train
+                     it (the cause comes before the effect: such a gate has not learned, so whether
+                     its untrained output helps is noted in the reasons, not the verdict)
+  5      harmful     gain <= -GAIN_MIN: it changes the model for the worse; its reference (training
+                     mean, or initial values) does better
+  6      inert       |gain| < GAIN_MIN: it changes decisions but not the task loss, no gain over
+                     its own constant
+  7      healthy     trainable, varied, functional and useful (gain >= GAIN_MIN, or not measured)
 
 `inert` is the study's word: its released diagnostics call a gate inert when noise on its logits
 barely moves the class logits; here the same finding is measured by removing the gate.
@@ -66,7 +79,7 @@ from gates.contract import GATE_KINDS
 from .metrics import finite_or_none as _measured  # None when not measured (None, NaN or inf)
 
 # From the best to the worst answer (summaries list verdict counts in this order).
-VERDICTS = ("healthy", "imbalanced", "inert", "degraded", "collapsed")
+VERDICTS = ("healthy", "imbalanced", "harmful", "inert", "degraded", "collapsed")
 
 DEFAULT_THRESHOLDS = dict(
     RHO_MIN=0.01,           # imbalanced below: rho of the task loss, RMS(gate grad) / RMS(prompt grad)
@@ -76,6 +89,7 @@ DEFAULT_THRESHOLDS = dict(
     MOVE_MIN=0.01,          # not varied below (per-task gates): max |value now - value at init|
     KL_MIN=1e-3,            # not functional below: reproducible KL(learned || reference) in nats
     FLIP_MIN=0.01,          # not functional below: share of predicted classes the reference changes
+    GAIN_MIN=0.02,          # no gain within +-this: share of the evaluation cross-entropy the gate removes
     SENSITIVITY_MIN=0.01,   # the study's inert line: max mean |delta logits| under noise on the gate logits
     SCHEDULE_GAIN_MIN=1.0,  # the study's 1-2 %: learned minus best fixed / random schedule, points
     PROBE_MARGIN=10.0,      # the conditioning carries a label when a linear probe beats chance by this (points)
@@ -97,6 +111,9 @@ THRESHOLD_HELP = {
     "FLIP_MIN": "not functional when replacing the gate by its reference changes the predicted class of fewer "
                 "than this share of the inputs (evaluation and training sets pooled, call-to-call changes "
                 "removed): it moves probabilities but no decision",
+    "GAIN_MIN": "a functional gate is useful when replacing it by its reference raises the evaluation set's "
+                "cross-entropy by at least this share of it, harmful when it lowers it by this share, inert "
+                "in between (it changes decisions, not the loss: no gain over its own constant)",
     "SENSITIVITY_MIN": "the study's noise test, used when no counterfactual was measured: not functional when "
                        "noise on the gate logits moves the class logits by a mean |delta| below this",
     "SCHEDULE_GAIN_MIN": "evidence: no real adaptation when the learned gate beats the best fixed schedule or "
@@ -333,6 +350,45 @@ def _functional(f, t, reasons):
     return functional
 
 
+def loss_gain(figures):
+    """(gain, n): (loss_reference - loss_learned) / loss_learned on the evaluation set, the share of
+    the cross-entropy that replacing the gate by its reference (figures["reference"]: its training
+    mean, or a per-task gate's initial values) adds back, and the number of inputs; (None, 0) when
+    not measured or the learned loss is 0. Read from figures["functional"]["test"][reference]
+    ["loss_base", "loss_change", "n"], loss_change = loss_reference - loss_learned (nats)."""
+    entry = _get(figures, "functional", "test", figures.get("reference") or "constant")
+    if not isinstance(entry, dict):
+        return None, 0
+    base, change = _measured(entry.get("loss_base")), _measured(entry.get("loss_change"))
+    if base is None or change is None or base <= 0:
+        return None, 0
+    return change / base, int(entry.get("n") or 0)
+
+
+def _useful(f, t, reasons):
+    """+1 (the gate lowers the task loss by >= GAIN_MIN of it), -1 (its reference does better by
+    that much), 0 (in between), None (not measured)."""
+    reference = "its initial values" if not f.get("input_dependent", True) else "its training-set mean"
+    gain, n = loss_gain(f)
+    if gain is None:
+        reasons.append("loss with the reference not measured; gain not tested")
+        return None
+    line = (f"replacing the gate by {reference} changes the evaluation set's cross-entropy by {_fmt(100 * gain):s} % "
+            f"of it ({n} inputs)")
+    if gain >= t["GAIN_MIN"]:
+        reasons.append(f"useful: {line} >= GAIN_MIN {_fmt(100 * t['GAIN_MIN'])} %: its input dependence lowers "
+                       "the task loss" if f.get("input_dependent", True) else
+                       f"useful: {line} >= GAIN_MIN {_fmt(100 * t['GAIN_MIN'])} %: what it learned lowers the "
+                       "task loss")
+        return 1
+    if gain <= -t["GAIN_MIN"]:
+        reasons.append(f"harmful: {line} <= -GAIN_MIN: the model does better with {reference}")
+        return -1
+    reasons.append(f"no gain: {line}, within +-GAIN_MIN {_fmt(100 * t['GAIN_MIN'])} %: it changes decisions but "
+                   f"not the loss, no better than {reference}")
+    return 0
+
+
 def decisions_changed(figures):
     """(share, n): the share of inputs whose predicted class changes when the gate is replaced by
     its reference, pooled (n-weighted) over the evaluation and training sets, less the share that
@@ -483,7 +539,8 @@ def gate_verdict(figures, thresholds=None):
     figures: the gate's entry of summary.json (a dict; keys read: kind, input_dependent,
     no_task_grad_params, rho_task, rho_median, aux_share, signal_std, input_std, eval_input_std,
     repeat_std, saturation, choice_top_share, effective_options, moved, reference, kl_reference,
-    kl_repeat, sensitivity_max, functional (its changed_share and n per set: decisions_changed), and
+    kl_repeat, sensitivity_max, functional (its changed_share and n per set: decisions_changed; the
+    evaluation set's loss_base and loss_change: loss_gain), and
     as evidence magnitude_gap with gap_prompt_numel and gap_gate_numel, study_magnitude_gap with
     study_gap_prompt_numel and study_gap_gate_numel, kl_all_on, kl_schedules, schedule_gain,
     schedule_best, linear_probe, mi). thresholds: a dict or the cfg.DIAGNOSTICS node
@@ -502,6 +559,7 @@ def gate_verdict(figures, thresholds=None):
     else:
         varied = _varied_per_task(figures, t, reasons)
     functional = _functional(figures, t, reasons)
+    useful = _useful(figures, t, reasons) if functional else None
     _evidence(figures, t, reasons)
     if not varied and not functional:
         verdict = "collapsed"
@@ -511,6 +569,10 @@ def gate_verdict(figures, thresholds=None):
         verdict = "inert"
     elif not trainable:
         verdict = "imbalanced"
+    elif useful == -1:
+        verdict = "harmful"
+    elif useful == 0:
+        verdict = "inert"
     else:
         verdict = "healthy"
     return verdict, reasons

@@ -450,10 +450,11 @@ def verdict(**over):
 
 def test_thresholds_defaults_and_help():
     assert DEFAULT_THRESHOLDS == dict(RHO_MIN=0.01, STD_MIN=0.01, SAT_MAX=0.9, EFF_MIN=1.1, MOVE_MIN=0.01,
-                                      KL_MIN=1e-3, FLIP_MIN=0.01, SENSITIVITY_MIN=0.01, SCHEDULE_GAIN_MIN=1.0,
-                                      PROBE_MARGIN=10.0, MI_P_MAX=0.05, WINDOW=0.5, GAP_SEVERE=2.0)
+                                      KL_MIN=1e-3, FLIP_MIN=0.01, GAIN_MIN=0.02, SENSITIVITY_MIN=0.01,
+                                      SCHEDULE_GAIN_MIN=1.0, PROBE_MARGIN=10.0, MI_P_MAX=0.05, WINDOW=0.5,
+                                      GAP_SEVERE=2.0)
     assert set(THRESHOLD_HELP) == set(DEFAULT_THRESHOLDS)
-    assert VERDICTS == ("healthy", "imbalanced", "inert", "degraded", "collapsed")
+    assert VERDICTS == ("healthy", "imbalanced", "harmful", "inert", "degraded", "collapsed")
 
 
 def test_verdict_healthy_needs_trainable_varied_and_functional():
@@ -511,6 +512,51 @@ def test_verdict_inert_when_probabilities_move_but_no_decision_does():
     # not measured: the KL decides, and a reason says decisions were not tested
     v, reasons = verdict()
     assert v == "healthy" and "share of changed predictions not measured; decisions not tested" in reasons
+
+
+def _losses(learned, reference, n=160, test_share=0.05):
+    """functional figures where the learned gate's test cross-entropy is `learned` and the
+    reference's `reference` (nats), with 5 % of the decisions changed."""
+    functional = _changes(test_share, test_share, n_test=n, n_train=n)
+    functional["test"]["constant"].update(loss_base=learned, loss_change=reference - learned)
+    return functional
+
+
+def test_loss_gain_is_the_share_of_the_cross_entropy_the_reference_adds_back():
+    from diagnostics.verdict import loss_gain
+
+    # learned 1.6 nats, constant 2.0: the constant adds 0.4 / 1.6 = 25 % of the loss back
+    assert loss_gain({"functional": _losses(1.6, 2.0)}) == (pytest.approx(0.25), 160)
+    # the constant does better: 1.5 vs 2.0 is -25 %
+    assert loss_gain({"functional": _losses(2.0, 1.5)})[0] == pytest.approx(-0.25)
+    # a per-task gate's reference is its initial values
+    per_task = {"reference": "init", "functional": {"test": {"init": {"n": 10, "loss_base": 2.0,
+                                                                    "loss_change": 0.1}}}}
+    assert loss_gain(per_task) == (pytest.approx(0.05), 10)
+    assert loss_gain({}) == (None, 0)
+    assert loss_gain({"functional": _losses(0.0, 0.1)}) == (None, 0)  # no loss to share
+
+
+def test_a_gate_that_changes_decisions_without_a_gain_is_inert_and_one_that_hurts_is_harmful():
+    # the regime map's plain pool gate on the weakest domain signal: 1.9 % of decisions change, the
+    # test loss moves by 0.4 % of itself (1.7623 -> 1.7697) and accuracy by 0.00 points
+    v, reasons = verdict(functional=_losses(1.7623, 1.7697))
+    assert v == "inert"
+    assert any(r.startswith("no gain:") and "0.42 % of it (160 inputs), within +-GAIN_MIN 2 %" in r
+               for r in reasons)
+    # hard routing that loses to its own mean mixture: 1.60 -> 1.12 nats with the constant (-30 %)
+    v, reasons = verdict(functional=_losses(1.60, 1.12))
+    assert v == "harmful"
+    assert any(r.startswith("harmful:") and "-30 % of it" in r for r in reasons)
+    # imbalanced outranks harmful: a gate too weakly trained to learn has not learned (the cause first)
+    assert verdict(functional=_losses(1.60, 1.12), rho_task=1e-4)[0] == "imbalanced"
+    # a gain of 25 % of the loss: healthy
+    v, reasons = verdict(functional=_losses(1.6, 2.0))
+    assert v == "healthy" and any(r.startswith("useful:") and "25 % of it" in r for r in reasons)
+    # the threshold is a setting; not measured: a reason says so and the verdict stands on the rest
+    assert verdict(functional=_losses(1.6, 2.0), thresholds={"GAIN_MIN": 0.3})[0] == "inert"
+    v, reasons = verdict(functional=_changes(0.05, 0.05))
+    assert v == "healthy" and "loss with the reference not measured; gain not tested" in reasons
 
 
 def test_verdict_imbalanced_reads_the_task_loss_rho():

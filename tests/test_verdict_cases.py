@@ -97,8 +97,12 @@ def test_diagnose_recomputes_a_finished_runs_verdicts_with_other_thresholds(demo
     assert "gate 'length': imbalanced\n" in capsys.readouterr().out
     assert diagnose_main([str(tmp_path), "--set", "RHO_MIN", "1e-9"]) == 0
     out = capsys.readouterr().out
-    assert "with RHO_MIN=1e-09" in out and "gate 'length': healthy (was imbalanced)" in out
-    assert "  - trainable: rho of the task loss" in out
+    # trainable at that threshold, its untrained random routing changes a few decisions (>= FLIP_MIN)
+    # but not the loss: no gain over its own constant
+    assert "with RHO_MIN=1e-09" in out and "gate 'length': inert (was imbalanced)" in out
+    assert "  - trainable: rho of the task loss" in out and "  - no gain: replacing the gate" in out
+    assert diagnose_main([str(tmp_path), "--set", "RHO_MIN", "1e-9", "--set", "GAIN_MIN", "0"]) == 0
+    assert "gate 'length': healthy (was imbalanced)" in capsys.readouterr().out
     assert diagnose_main([str(tmp_path / "diagnostics"), "--set", "kl_min", "1"]) == 0  # case and folder accepted
     assert "inert (was imbalanced)" in capsys.readouterr().out
     for bad in (["--set", "WINDOW", "0.2"], ["--set", "DELTA_MIN", "1"], ["--set", "KL_MIN", "small"]):
@@ -108,6 +112,21 @@ def test_diagnose_recomputes_a_finished_runs_verdicts_with_other_thresholds(demo
         assert "cannot set" in err or "needs a number" in err
     assert diagnose_main([str(tmp_path / "nowhere")]) == 2
     assert "no diagnostics summary" in capsys.readouterr().err
+
+    # --write stores the recomputed verdicts (several runs in one call; a bad one is named, the others written)
+    summary_path = tmp_path / "diagnostics" / "summary.json"
+    assert diagnose_main([str(tmp_path / "nowhere"), str(tmp_path), "--set", "KL_MIN", "1", "--write"]) == 2
+    assert f"written: {summary_path}" in capsys.readouterr().out
+    written = json.loads(summary_path.read_text())
+    assert written["gates"]["length"]["verdict"] == "inert"
+    assert any(r.startswith("not functional:") and "< KL_MIN 1 nats" in r for r in written["gates"]["length"]["reasons"])
+    assert written["thresholds"]["KL_MIN"] == 1.0 and written["thresholds"]["GAIN_MIN"] == 0.02
+    assert written["rediagnosed"]["previous"] == {"length": "imbalanced"}
+    # rediagnosed again: the first verdict stays on record
+    assert diagnose_main([str(tmp_path), "--set", "KL_MIN", "1e-3", "--write"]) == 0
+    written = json.loads(summary_path.read_text())
+    assert written["gates"]["length"]["verdict"] == "imbalanced"
+    assert written["rediagnosed"]["previous"] == {"length": "imbalanced"}
 
 
 def test_input_dependent_gate_the_model_ignores_is_inert_even_with_an_auxiliary_loss(demo_root, tmp_path,

@@ -174,18 +174,23 @@ def plugins_main(argv=None):
 
 
 def diagnose_main(argv=None):
-    """`gatescope diagnose RUN_DIR [--set KEY VALUE ...]`: a finished run's gate verdicts recomputed
-    from its diagnostics/summary.json with other thresholds, with the reasons."""
-    from diagnostics.report import load_run_summary, rediagnose
+    """`gatescope diagnose RUN_DIR... [--set KEY VALUE ...] [--write]`: finished runs' gate verdicts
+    recomputed from their diagnostics/summary.json (with other thresholds, or with the current rules
+    after a rule change), with the reasons; --write stores them in summary.json."""
+    from diagnostics.report import load_run_summary, rediagnose, write_rediagnosed
     from diagnostics.verdict import DEFAULT_THRESHOLDS, THRESHOLD_HELP
 
     parser = argparse.ArgumentParser(
         prog="gatescope diagnose", description=diagnose_main.__doc__,
         epilog="thresholds: " + "; ".join(f"{k} (default {v:g}): {THRESHOLD_HELP[k]}"
                                           for k, v in DEFAULT_THRESHOLDS.items()))
-    parser.add_argument("run_dir", help="a run's --output-dir (or its diagnostics/ folder, or a summary.json)")
+    parser.add_argument("run_dir", nargs="+",
+                        help="a run's --output-dir (or its diagnostics/ folder, or a summary.json); several are read in turn")
     parser.add_argument("--set", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
                         help="override a threshold, e.g. --set KL_MIN 0.01 (repeatable)")
+    parser.add_argument("--write", action="store_true",
+                        help="store the recomputed verdicts, reasons and thresholds in each summary.json (atomically; "
+                             "the previous verdicts are kept under 'rediagnosed'), so summarize tables show them")
     args = parser.parse_args(argv)
     overrides = {}
     for key, value in args.set:
@@ -197,18 +202,25 @@ def diagnose_main(argv=None):
             overrides[key] = float(value)
         except ValueError:
             parser.error(f"--set {key} needs a number, got {value!r}")
-    try:
-        path, summary = load_run_summary(args.run_dir)
-    except (OSError, ValueError) as e:
-        print(f"gatescope diagnose: {e}", file=sys.stderr)
-        return 2
-    print(f"{path}" + (f" with {', '.join(f'{k}={v:g}' for k, v in overrides.items())}" if overrides else ""))
-    for name, (old, new, reasons) in rediagnose(summary, overrides).items():
-        change = f" (was {old})" if old and old != new else ""
-        print(f"gate '{name}': {new}{change}")
-        for reason in reasons:
-            print(f"  - {reason}")
-    return 0
+    status = 0
+    for run_dir in args.run_dir:
+        try:
+            path, summary = load_run_summary(run_dir)
+        except (OSError, ValueError) as e:
+            print(f"gatescope diagnose: {e}", file=sys.stderr)
+            status = 2
+            continue
+        print(f"{path}" + (f" with {', '.join(f'{k}={v:g}' for k, v in overrides.items())}" if overrides else ""))
+        verdicts = rediagnose(summary, overrides)
+        for name, (old, new, reasons) in verdicts.items():
+            change = f" (was {old})" if old and old != new else ""
+            print(f"gate '{name}': {new}{change}")
+            for reason in reasons:
+                print(f"  - {reason}")
+        if args.write:
+            write_rediagnosed(path, summary, verdicts, overrides)
+            print(f"written: {path}")
+    return status
 
 
 COMMANDS = {
