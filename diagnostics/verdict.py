@@ -40,10 +40,14 @@ Four questions (t = the thresholds, DEFAULT_THRESHOLDS for those not given):
   useful      (a functional gate) gain = (loss_reference - loss_learned) / loss_learned on the
               evaluation set, the cross-entropy with the gate replaced by its reference against the
               learned model's: the share of the task loss the gate's input dependence (a per-task
-              gate: what it learned) removes. gain >= GAIN_MIN: it helps; gain <= -GAIN_MIN: its
-              reference does better, it hurts; in between it changes decisions without a gain over
-              its own constant (the study's "no gain over fixed prompts", read on the loss, which is
-              not quantised by the test-set size as accuracy is). Not tested when not measured.
+              gate: what it learned) removes; beside it the accuracy change, learned minus
+              reference, with its 95 % bootstrap interval [low, high]. Useful: gain >= GAIN_MIN, or
+              low > 0. Harmful: gain <= -GAIN_MIN with no accuracy gain (delta <= 0), or high < 0
+              (a hard router is judged against its mean mixture, which is better calibrated: its loss
+              can be worse while its accuracy is better, so the loss alone does not make it
+              harmful). Otherwise (or both): no gain over its own constant, the study's "no gain over
+              fixed prompts", read mainly on the loss, which is not quantised by the test-set size
+              as accuracy is. Not tested when neither is measured.
 
   order  verdict     rule (the first that holds)
   1      collapsed   not varied and not functional: a constant in all but name
@@ -52,11 +56,11 @@ Four questions (t = the thresholds, DEFAULT_THRESHOLDS for those not given):
   4      imbalanced  not trainable: it changes the model, but its task gradient is too small to train
                      it (the cause comes before the effect: such a gate has not learned, so whether
                      its untrained output helps is noted in the reasons, not the verdict)
-  5      harmful     gain <= -GAIN_MIN: it changes the model for the worse; its reference (training
+  5      harmful     harmful (above): it changes the model for the worse; its reference (training
                      mean, or initial values) does better
-  6      inert       |gain| < GAIN_MIN: it changes decisions but not the task loss, no gain over
-                     its own constant
-  7      healthy     trainable, varied, functional and useful (gain >= GAIN_MIN, or not measured)
+  6      inert       neither useful nor harmful: it changes decisions but not the task, no gain
+                     over its own constant
+  7      healthy     trainable, varied, functional and useful (or usefulness not measured)
 
 `inert` is the study's word: its released diagnostics call a gate inert when noise on its logits
 barely moves the class logits; here the same finding is measured by removing the gate.
@@ -112,8 +116,9 @@ THRESHOLD_HELP = {
                 "than this share of the inputs (evaluation and training sets pooled, call-to-call changes "
                 "removed): it moves probabilities but no decision",
     "GAIN_MIN": "a functional gate is useful when replacing it by its reference raises the evaluation set's "
-                "cross-entropy by at least this share of it, harmful when it lowers it by this share, inert "
-                "in between (it changes decisions, not the loss: no gain over its own constant)",
+                "cross-entropy by at least this share of it (or the accuracy gain's interval is above 0), harmful "
+                "when it lowers it by this share with no accuracy gain (or the accuracy interval is below 0), "
+                "inert otherwise: no gain over its own constant",
     "SENSITIVITY_MIN": "the study's noise test, used when no counterfactual was measured: not functional when "
                        "noise on the gate logits moves the class logits by a mean |delta| below this",
     "SCHEDULE_GAIN_MIN": "evidence: no real adaptation when the learned gate beats the best fixed schedule or "
@@ -355,37 +360,61 @@ def loss_gain(figures):
     the cross-entropy that replacing the gate by its reference (figures["reference"]: its training
     mean, or a per-task gate's initial values) adds back, and the number of inputs; (None, 0) when
     not measured or the learned loss is 0. Read from figures["functional"]["test"][reference]
-    ["loss_base", "loss_change", "n"], loss_change = loss_reference - loss_learned (nats)."""
+    ["loss_base", "loss_change" (or "loss_other"), "n"], loss_change = loss_reference - loss_learned (nats)."""
     entry = _get(figures, "functional", "test", figures.get("reference") or "constant")
     if not isinstance(entry, dict):
         return None, 0
     base, change = _measured(entry.get("loss_base")), _measured(entry.get("loss_change"))
+    if change is None and base is not None and _measured(entry.get("loss_other")) is not None:
+        change = entry["loss_other"] - base
     if base is None or change is None or base <= 0:
         return None, 0
     return change / base, int(entry.get("n") or 0)
 
 
+def _accuracy_change(f):
+    """(delta, ci_low, ci_high) of the evaluation set's accuracy, learned gate minus its reference
+    (points, 95 % bootstrap interval), each None when not measured."""
+    entry = _get(f, "functional", "test", f.get("reference") or "constant")
+    if not isinstance(entry, dict):
+        return None, None, None
+    ci = entry.get("acc_delta_ci") or [None, None]
+    return _measured(entry.get("acc_delta")), _measured(ci[0]), _measured(ci[1])
+
+
 def _useful(f, t, reasons):
-    """+1 (the gate lowers the task loss by >= GAIN_MIN of it), -1 (its reference does better by
-    that much), 0 (in between), None (not measured)."""
+    """+1 (useful), -1 (harmful), 0 (no gain, or the loss and the accuracy disagree), None (not
+    measured). Useful: gain >= GAIN_MIN, or an accuracy gain whose whole interval is above 0.
+    Harmful: gain <= -GAIN_MIN with no accuracy gain (delta <= 0), or an accuracy loss whose whole
+    interval is below 0. A hard router tested against its mean mixture is less well calibrated, so
+    its loss can be worse while its accuracy is better: harmful needs both."""
     reference = "its initial values" if not f.get("input_dependent", True) else "its training-set mean"
     gain, n = loss_gain(f)
-    if gain is None:
-        reasons.append("loss with the reference not measured; gain not tested")
+    acc, low, high = _accuracy_change(f)
+    if gain is None and low is None:
+        reasons.append("loss and accuracy with the reference not measured; gain not tested")
         return None
-    line = (f"replacing the gate by {reference} changes the evaluation set's cross-entropy by {_fmt(100 * gain):s} % "
-            f"of it ({n} inputs)")
-    if gain >= t["GAIN_MIN"]:
-        reasons.append(f"useful: {line} >= GAIN_MIN {_fmt(100 * t['GAIN_MIN'])} %: its input dependence lowers "
-                       "the task loss" if f.get("input_dependent", True) else
-                       f"useful: {line} >= GAIN_MIN {_fmt(100 * t['GAIN_MIN'])} %: what it learned lowers the "
-                       "task loss")
+    acc_text = (f"accuracy {acc:+.2f} points [{_fmt(low)}, {_fmt(high)}]" if low is not None and high is not None
+                else "accuracy change not measured")
+    loss_text = (f"cross-entropy {_fmt(100 * gain)} % of it lower with the gate ({n} inputs)" if gain is not None
+                 else "loss change not measured")
+    useful = (gain is not None and gain >= t["GAIN_MIN"]) or (low is not None and low > 0)
+    harmful = ((gain is not None and gain <= -t["GAIN_MIN"] and (acc is None or acc <= 0))
+               or (high is not None and high < 0))
+    line = f"learned gate against {reference} on the evaluation set: {loss_text}; {acc_text}"
+    if useful and not harmful:
+        reasons.append(f"useful: {line} (GAIN_MIN {_fmt(100 * t['GAIN_MIN'])} %, or an accuracy interval above 0)")
         return 1
-    if gain <= -t["GAIN_MIN"]:
-        reasons.append(f"harmful: {line} <= -GAIN_MIN: the model does better with {reference}")
+    if harmful and not useful:
+        reasons.append(f"harmful: {line}: the model does better with {reference} (loss by >= GAIN_MIN "
+                       f"{_fmt(100 * t['GAIN_MIN'])} % without an accuracy gain, or an accuracy interval below 0)")
         return -1
-    reasons.append(f"no gain: {line}, within +-GAIN_MIN {_fmt(100 * t['GAIN_MIN'])} %: it changes decisions but "
-                   f"not the loss, no better than {reference}")
+    if useful and harmful:
+        reasons.append(f"no gain: {line}: the loss and the accuracy disagree, so no gain over {reference} is shown")
+        return 0
+    reasons.append(f"no gain: {line}: within +-GAIN_MIN {_fmt(100 * t['GAIN_MIN'])} % and no accuracy interval "
+                   f"clear of 0 (or a worse loss with a better accuracy): it changes decisions, not the task, no "
+                   f"better than {reference}")
     return 0
 
 

@@ -514,11 +514,15 @@ def test_verdict_inert_when_probabilities_move_but_no_decision_does():
     assert v == "healthy" and "share of changed predictions not measured; decisions not tested" in reasons
 
 
-def _losses(learned, reference, n=160, test_share=0.05):
+def _losses(learned, reference, n=160, test_share=0.05, acc=None):
     """functional figures where the learned gate's test cross-entropy is `learned` and the
-    reference's `reference` (nats), with 5 % of the decisions changed."""
+    reference's `reference` (nats), with 5 % of the decisions changed; `acc` (delta, low, high):
+    the accuracy change and its interval (points)."""
     functional = _changes(test_share, test_share, n_test=n, n_train=n)
-    functional["test"]["constant"].update(loss_base=learned, loss_change=reference - learned)
+    functional["test"]["constant"].update(loss_base=learned, loss_change=reference - learned, loss_other=reference,
+                                          mean_abs_logit_delta=0.1)
+    if acc is not None:
+        functional["test"]["constant"].update(acc_delta=acc[0], acc_delta_ci=[acc[1], acc[2]])
     return functional
 
 
@@ -539,15 +543,26 @@ def test_loss_gain_is_the_share_of_the_cross_entropy_the_reference_adds_back():
 
 def test_a_gate_that_changes_decisions_without_a_gain_is_inert_and_one_that_hurts_is_harmful():
     # the regime map's plain pool gate on the weakest domain signal: 1.9 % of decisions change, the
-    # test loss moves by 0.4 % of itself (1.7623 -> 1.7697) and accuracy by 0.00 points
-    v, reasons = verdict(functional=_losses(1.7623, 1.7697))
+    # test loss moves by 0.4 % of itself (1.7623 -> 1.7697) and accuracy by 0.00 points [0, 0]
+    v, reasons = verdict(functional=_losses(1.7623, 1.7697, acc=(0.0, 0.0, 0.0)))
     assert v == "inert"
-    assert any(r.startswith("no gain:") and "0.42 % of it (160 inputs), within +-GAIN_MIN 2 %" in r
-               for r in reasons)
-    # hard routing that loses to its own mean mixture: 1.60 -> 1.12 nats with the constant (-30 %)
-    v, reasons = verdict(functional=_losses(1.60, 1.12))
+    assert any(r.startswith("no gain:") and "cross-entropy 0.42 % of it lower with the gate (160 inputs)" in r
+               and "within +-GAIN_MIN 2 %" in r for r in reasons)
+    # hard routing that loses to its own mean mixture: 1.60 -> 1.12 nats with the constant (-30 %),
+    # accuracy -15.6 points [-23.1, -8.1]
+    v, reasons = verdict(functional=_losses(1.60, 1.12, acc=(-15.62, -23.12, -8.12)))
     assert v == "harmful"
-    assert any(r.startswith("harmful:") and "-30 % of it" in r for r in reasons)
+    assert any(r.startswith("harmful:") and "-30 % of it" in r and "accuracy -15.62 points" in r for r in reasons)
+    # a worse loss alone is not harm when the accuracy is better (a hard router against its better
+    # calibrated mean mixture): the control's hard-EM, -2.7 % of the loss, +1.88 points [-1.25, 5]
+    assert verdict(functional=_losses(1.60, 1.557, acc=(1.88, -1.25, 5.0)))[0] == "inert"
+    assert verdict(functional=_losses(1.60, 1.557, acc=(-0.63, -3.1, 1.9)))[0] == "harmful"
+    # an accuracy interval below 0 is harm whatever the loss; above 0, a gain
+    assert verdict(functional=_losses(1.60, 1.60, acc=(-5.0, -8.0, -1.0)))[0] == "harmful"
+    assert verdict(functional=_losses(1.60, 1.60, acc=(5.0, 1.0, 8.0)))[0] == "healthy"
+    # both at once: the measures disagree, no gain is shown
+    v, reasons = verdict(functional=_losses(1.60, 2.0, acc=(-5.0, -8.0, -1.0)))
+    assert v == "inert" and any("the loss and the accuracy disagree" in r for r in reasons)
     # imbalanced outranks harmful: a gate too weakly trained to learn has not learned (the cause first)
     assert verdict(functional=_losses(1.60, 1.12), rho_task=1e-4)[0] == "imbalanced"
     # a gain of 25 % of the loss: healthy
@@ -556,7 +571,7 @@ def test_a_gate_that_changes_decisions_without_a_gain_is_inert_and_one_that_hurt
     # the threshold is a setting; not measured: a reason says so and the verdict stands on the rest
     assert verdict(functional=_losses(1.6, 2.0), thresholds={"GAIN_MIN": 0.3})[0] == "inert"
     v, reasons = verdict(functional=_changes(0.05, 0.05))
-    assert v == "healthy" and "loss with the reference not measured; gain not tested" in reasons
+    assert v == "healthy" and "loss and accuracy with the reference not measured; gain not tested" in reasons
 
 
 def test_verdict_imbalanced_reads_the_task_loss_rho():
