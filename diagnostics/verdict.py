@@ -41,13 +41,13 @@ Four questions (t = the thresholds, DEFAULT_THRESHOLDS for those not given):
               evaluation set, the cross-entropy with the gate replaced by its reference against the
               learned model's: the share of the task loss the gate's input dependence (a per-task
               gate: what it learned) removes; beside it the accuracy change, learned minus
-              reference, with its 95 % bootstrap interval [low, high]. Useful: gain >= GAIN_MIN, or
-              low > 0. Harmful: gain <= -GAIN_MIN with no accuracy gain (delta <= 0), or high < 0
-              (a hard router is judged against its mean mixture, which is better calibrated: its loss
-              can be worse while its accuracy is better, so the loss alone does not make it
-              harmful). Otherwise (or both): no gain over its own constant, the study's "no gain over
-              fixed prompts", read mainly on the loss, which is not quantised by the test-set size
-              as accuracy is. Not tested when neither is measured.
+              reference, with its 95 % bootstrap interval [low, high]. The loss decides: useful when
+              gain >= GAIN_MIN, harmful when gain <= -GAIN_MIN, no gain over its own constant in
+              between (the study's "no gain over fixed prompts", read on the loss, which is not
+              quantised by the test-set size as accuracy is). The accuracy only vetoes: not harmful
+              when delta > 0 (a hard router is judged against its mean mixture, which is better
+              calibrated: its loss can be worse while its decisions are better), not useful when
+              high < 0. Not tested when the loss was not measured.
 
   order  verdict     rule (the first that holds)
   1      collapsed   not varied and not functional: a constant in all but name
@@ -116,9 +116,9 @@ THRESHOLD_HELP = {
                 "than this share of the inputs (evaluation and training sets pooled, call-to-call changes "
                 "removed): it moves probabilities but no decision",
     "GAIN_MIN": "a functional gate is useful when replacing it by its reference raises the evaluation set's "
-                "cross-entropy by at least this share of it (or the accuracy gain's interval is above 0), harmful "
-                "when it lowers it by this share with no accuracy gain (or the accuracy interval is below 0), "
-                "inert otherwise: no gain over its own constant",
+                "cross-entropy by at least this share of it (unless the accuracy interval is below 0), harmful "
+                "when it lowers it by this share with no accuracy gain, inert otherwise: no gain over its own "
+                "constant",
     "SENSITIVITY_MIN": "the study's noise test, used when no counterfactual was measured: not functional when "
                        "noise on the gate logits moves the class logits by a mean |delta| below this",
     "SCHEDULE_GAIN_MIN": "evidence: no real adaptation when the learned gate beats the best fixed schedule or "
@@ -384,37 +384,39 @@ def _accuracy_change(f):
 
 def _useful(f, t, reasons):
     """+1 (useful), -1 (harmful), 0 (no gain, or the loss and the accuracy disagree), None (not
-    measured). Useful: gain >= GAIN_MIN, or an accuracy gain whose whole interval is above 0.
-    Harmful: gain <= -GAIN_MIN with no accuracy gain (delta <= 0), or an accuracy loss whose whole
-    interval is below 0. A hard router tested against its mean mixture is less well calibrated, so
-    its loss can be worse while its accuracy is better: harmful needs both."""
+    measured). The loss decides: useful when gain >= GAIN_MIN, harmful when gain <= -GAIN_MIN. The
+    accuracy can only veto: no harm when the accuracy is better (delta > 0; a hard router is tested
+    against its mean mixture, which is better calibrated, so its loss can be worse while its
+    decisions are better), no use when the accuracy is worse with its whole interval below 0. It
+    does not decide alone: when a few predictions change, a bootstrap interval over the test set
+    clears 0 with as few as 4 changes in one direction (a sign test's p = 0.125)."""
     reference = "its initial values" if not f.get("input_dependent", True) else "its training-set mean"
     gain, n = loss_gain(f)
     acc, low, high = _accuracy_change(f)
-    if gain is None and low is None:
-        reasons.append("loss and accuracy with the reference not measured; gain not tested")
+    if gain is None:
+        reasons.append("loss with the reference not measured; gain not tested")
         return None
-    acc_text = (f"accuracy {acc:+.2f} points [{_fmt(low)}, {_fmt(high)}]" if low is not None and high is not None
-                else "accuracy change not measured")
-    loss_text = (f"cross-entropy {_fmt(100 * gain)} % of it lower with the gate ({n} inputs)" if gain is not None
-                 else "loss change not measured")
-    useful = (gain is not None and gain >= t["GAIN_MIN"]) or (low is not None and low > 0)
-    harmful = ((gain is not None and gain <= -t["GAIN_MIN"] and (acc is None or acc <= 0))
-               or (high is not None and high < 0))
-    line = f"learned gate against {reference} on the evaluation set: {loss_text}; {acc_text}"
-    if useful and not harmful:
-        reasons.append(f"useful: {line} (GAIN_MIN {_fmt(100 * t['GAIN_MIN'])} %, or an accuracy interval above 0)")
+    acc_text = (f"accuracy {acc:+.2f} points [{_fmt(low)}, {_fmt(high)}]" if acc is not None and low is not None
+                and high is not None else "accuracy change not measured")
+    line = (f"learned gate against {reference} on the evaluation set: cross-entropy {_fmt(100 * gain)} % of it "
+            f"lower with the gate ({n} inputs); {acc_text}")
+    if gain >= t["GAIN_MIN"]:
+        if high is not None and high < 0:
+            reasons.append(f"no gain: {line}: the loss is lower but the accuracy worse, so no gain over {reference} "
+                           "is shown")
+            return 0
+        reasons.append(f"useful: {line} >= GAIN_MIN {_fmt(100 * t['GAIN_MIN'])} %")
         return 1
-    if harmful and not useful:
-        reasons.append(f"harmful: {line}: the model does better with {reference} (loss by >= GAIN_MIN "
-                       f"{_fmt(100 * t['GAIN_MIN'])} % without an accuracy gain, or an accuracy interval below 0)")
+    if gain <= -t["GAIN_MIN"]:
+        if acc is not None and acc > 0:
+            reasons.append(f"no gain: {line}: the loss is worse by more than GAIN_MIN {_fmt(100 * t['GAIN_MIN'])} % "
+                           f"but the accuracy better, so neither gain nor harm over {reference} is shown")
+            return 0
+        reasons.append(f"harmful: {line} <= -GAIN_MIN {_fmt(100 * t['GAIN_MIN'])} % with no accuracy gain: the "
+                       f"model does better with {reference}")
         return -1
-    if useful and harmful:
-        reasons.append(f"no gain: {line}: the loss and the accuracy disagree, so no gain over {reference} is shown")
-        return 0
-    reasons.append(f"no gain: {line}: within +-GAIN_MIN {_fmt(100 * t['GAIN_MIN'])} % and no accuracy interval "
-                   f"clear of 0 (or a worse loss with a better accuracy): it changes decisions, not the task, no "
-                   f"better than {reference}")
+    reasons.append(f"no gain: {line}: within +-GAIN_MIN {_fmt(100 * t['GAIN_MIN'])} %: it changes decisions, not "
+                   f"the task, no better than {reference}")
     return 0
 
 

@@ -100,7 +100,7 @@ def test_diagnose_recomputes_a_finished_runs_verdicts_with_other_thresholds(demo
     # trainable at that threshold, its untrained random routing changes a few decisions (>= FLIP_MIN)
     # but not the loss: no gain over its own constant
     assert "with RHO_MIN=1e-09" in out and "gate 'length': inert (was imbalanced)" in out
-    assert "  - trainable: rho of the task loss" in out and "  - no gain: replacing the gate" in out
+    assert "  - trainable: rho of the task loss" in out and "  - no gain: learned gate against its training-set mean" in out
     assert diagnose_main([str(tmp_path), "--set", "RHO_MIN", "1e-9", "--set", "GAIN_MIN", "0"]) == 0
     assert "gate 'length': healthy (was imbalanced)" in capsys.readouterr().out
     assert diagnose_main([str(tmp_path / "diagnostics"), "--set", "kl_min", "1"]) == 0  # case and folder accepted
