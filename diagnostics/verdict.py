@@ -47,7 +47,7 @@ Four questions (t = the thresholds, DEFAULT_THRESHOLDS for those not given):
               quantised by the test-set size as accuracy is). The accuracy only vetoes: not harmful
               when delta > 0 (a hard router is judged against its mean mixture, which is better
               calibrated: its loss can be worse while its decisions are better), not useful when
-              high < 0. Not tested when the loss was not measured.
+              delta < 0. Not tested when the loss was not measured.
 
   order  verdict     rule (the first that holds)
   1      collapsed   not varied and not functional: a constant in all but name
@@ -116,7 +116,7 @@ THRESHOLD_HELP = {
                 "than this share of the inputs (evaluation and training sets pooled, call-to-call changes "
                 "removed): it moves probabilities but no decision",
     "GAIN_MIN": "a functional gate is useful when replacing it by its reference raises the evaluation set's "
-                "cross-entropy by at least this share of it (unless the accuracy interval is below 0), harmful "
+                "cross-entropy by at least this share of it with no accuracy loss, harmful "
                 "when it lowers it by this share with no accuracy gain, inert otherwise: no gain over its own "
                 "constant",
     "SENSITIVITY_MIN": "the study's noise test, used when no counterfactual was measured: not functional when "
@@ -385,11 +385,12 @@ def _accuracy_change(f):
 def _useful(f, t, reasons):
     """+1 (useful), -1 (harmful), 0 (no gain, or the loss and the accuracy disagree), None (not
     measured). The loss decides: useful when gain >= GAIN_MIN, harmful when gain <= -GAIN_MIN. The
-    accuracy can only veto: no harm when the accuracy is better (delta > 0; a hard router is tested
-    against its mean mixture, which is better calibrated, so its loss can be worse while its
-    decisions are better), no use when the accuracy is worse with its whole interval below 0. It
-    does not decide alone: when a few predictions change, a bootstrap interval over the test set
-    clears 0 with as few as 4 changes in one direction (a sign test's p = 0.125)."""
+    accuracy can only veto, either way: no harm when the accuracy is better (delta > 0; a hard
+    router is tested against its mean mixture, which is better calibrated, so its loss can be worse
+    while its decisions are better), no use when it is worse (delta < 0: a lower loss bought with
+    lost decisions is not a gain). It does not decide alone: when a few predictions change, a
+    bootstrap interval over the test set clears 0 with as few as 4 changes in one direction (a sign
+    test's p = 0.125)."""
     reference = "its initial values" if not f.get("input_dependent", True) else "its training-set mean"
     gain, n = loss_gain(f)
     acc, low, high = _accuracy_change(f)
@@ -401,9 +402,9 @@ def _useful(f, t, reasons):
     line = (f"learned gate against {reference} on the evaluation set: cross-entropy {_fmt(100 * gain)} % of it "
             f"lower with the gate ({n} inputs); {acc_text}")
     if gain >= t["GAIN_MIN"]:
-        if high is not None and high < 0:
-            reasons.append(f"no gain: {line}: the loss is lower but the accuracy worse, so no gain over {reference} "
-                           "is shown")
+        if acc is not None and acc < 0:
+            reasons.append(f"no gain: {line}: the loss is lower by more than GAIN_MIN {_fmt(100 * t['GAIN_MIN'])} % "
+                           f"but the accuracy worse, so neither gain nor harm over {reference} is shown")
             return 0
         reasons.append(f"useful: {line} >= GAIN_MIN {_fmt(100 * t['GAIN_MIN'])} %")
         return 1

@@ -560,9 +560,11 @@ def test_a_gate_that_changes_decisions_without_a_gain_is_inert_and_one_that_hurt
     # the accuracy does not decide alone: 4 changed predictions all the right way make a bootstrap
     # interval [0.625, 5] clear 0 (the 1e-4 case's untrained routing), the loss moves 0.2 %
     assert verdict(functional=_losses(1.60, 1.6036, acc=(2.5, 0.625, 5.0)))[0] == "inert"
-    # a lower loss with a worse accuracy (interval below 0): the measures disagree, no gain is shown
-    v, reasons = verdict(functional=_losses(1.60, 2.0, acc=(-5.0, -8.0, -1.0)))
-    assert v == "inert" and any("the loss is lower but the accuracy worse" in r for r in reasons)
+    # a lower loss with a worse accuracy: the measures disagree, no gain is shown (the study's
+    # CoCoOpGated with gradient equalisation, seed 1: the loss 19 % lower, accuracy -5.0 [-10, 0])
+    v, reasons = verdict(functional=_losses(1.60, 1.904, acc=(-5.0, -10.0, 0.0)))
+    assert v == "inert" and any("the loss is lower by more than GAIN_MIN 2 % but the accuracy worse" in r
+                                for r in reasons)
     # imbalanced outranks harmful: a gate too weakly trained to learn has not learned (the cause first)
     assert verdict(functional=_losses(1.60, 1.12), rho_task=1e-4)[0] == "imbalanced"
     # a gain of 25 % of the loss: healthy

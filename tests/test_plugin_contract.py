@@ -366,3 +366,38 @@ def test_packages_import_each_other_without_a_cycle():
         return any(n == target or (n not in seen and reaches(n, target, (*seen, n))) for n in graph[start])
     cycles = [p for p in PACKAGES if reaches(p, p)]
     assert not cycles, f"import cycle through {cycles}: {graph}"
+
+
+class FailsAfterTheResults:
+    """A plugin whose after_test fails after the results file was written (trylast: after the
+    built-in results plugin), as the diagnostics did once with a bug in their summary."""
+
+    @hookimpl(trylast=True)
+    def after_test(self, context, split, results):
+        raise RuntimeError("summary failed")
+
+
+def test_a_run_stopped_after_its_results_were_written_is_not_finished_until_resumed(demo_root, tmp_path,
+                                                                                      monkeypatch):
+    from trainers.tools.runs import is_complete, read_runs
+
+    opts = OPTS + ("TEST.FINAL_MODEL", "last_step")
+    plugins = load_plugins(autoload=False)
+    plugins.register(FailsAfterTheResults(), "fails", "fails-dist", "1.0")
+    monkeypatch.setattr("trainers.plugins._MANAGER", plugins)
+    run = build_demo_trainer(demo_root, tmp_path / "run", trainer="CoOpGated", opts=opts)
+    with pytest.raises(PluginError, match="summary failed"):
+        run.train()
+    record = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert record["results"]["test"]["accuracy"] >= 0  # the final test is on record ...
+    assert record["stopped"].startswith("PluginError: plugin 'fails'")  # ... and so is the stop
+    assert not is_complete(str(tmp_path / "run"))  # a sweep runs the same command again
+    [found] = read_runs([str(tmp_path / "run")])
+    assert found.status == "failed" and "stopped after its results were written" in found.reason
+
+    monkeypatch.undo()  # fixed: the same command resumes, tests again and clears the mark
+    resumed = build_demo_trainer(demo_root, tmp_path / "run", trainer="CoOpGated", opts=opts)
+    resumed.train()
+    record = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert "stopped" not in record and is_complete(str(tmp_path / "run"))
+    assert (tmp_path / "run" / "diagnostics" / "summary.json").exists()

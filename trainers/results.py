@@ -5,6 +5,8 @@ evaluation of each split is kept under "results"), so a killed run leaves the la
 Top-level keys say what the numbers are worth:
 
 - `nonfinite_skips` (int): training steps skipped for NaN/Inf values (TRAIN.NONFINITE skip);
+- `stopped` (str, only while it holds): the run stopped after this file was written (the error in
+  one line); a sweep does not count it as finished, and resuming it clears the mark;
 - `finite_end_state` (bool): every learnable tensor was finite when the latest evaluation ran.
   A run whose weights went non-finite stops with a NonFiniteError, so this is false only for a
   state that came from elsewhere (e.g. evaluating a damaged checkpoint): its accuracy is not a
@@ -46,6 +48,7 @@ def results_record(context, previous, split, results):
         "nonfinite_skips": int(getattr(context, "nonfinite_skips", 0)), "finite_end_state": finite_state(context.param_groups),
     })
     record.setdefault("results", {})[split] = {k: float(v) for k, v in results.items()}
+    record.pop("stopped", None)  # a new evaluation: the stop on record (if any) was resumed past
     return record
 
 
@@ -87,3 +90,21 @@ def after_test(context, split, results):
         if not isinstance(previous, dict):
             previous = {}
     write_json_atomic(results_record(context, previous, split, results), path)
+
+
+@hookimpl
+def on_abort(context, error):
+    """A run stopped after its results were written (e.g. a plugin failing in after_test, after
+    this one): the file says so under "stopped", so a sweep does not count the run as finished
+    and runs the same command again, which resumes it (the next evaluation clears the mark)."""
+    if not context.output_dir:
+        return
+    path = results_path(context)
+    try:
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return  # nothing written yet, or not readable: nothing to mark
+    if isinstance(record, dict):
+        record["stopped"] = f"{type(error).__name__}: {error}"[:500]
+        write_json_atomic(record, path)

@@ -253,12 +253,13 @@ def read_log(path):
 def is_complete(path):
     """True when the run folder holds a finished run: a usable results.json with its final test
     (a damaged one is not complete, so a sweep runs it again, which rewrites it), or for old
-    runs without one, a final `* accuracy:` in log.txt."""
+    runs without one, a final `* accuracy:` in log.txt. A results.json marked "stopped" (the run
+    stopped after writing it, e.g. a plugin failed after the final test) is not complete."""
     if not os.path.isdir(path):
         return False
     if os.path.lexists(os.path.join(path, RESULTS_FILE)):
         record, _ = load_results(path)
-        return record is not None and final_test_accuracy(record) is not None
+        return record is not None and not record.get("stopped") and final_test_accuracy(record) is not None
     try:
         log = read_log(path)
     except OSError:
@@ -394,6 +395,10 @@ def read_run(path):
               parent=record_or_empty.get("parent_trainer"), parent_known="parent_trainer" in record_or_empty)
     if problem is not None:
         run.status, run.reason, run.source = "damaged", problem, RESULTS_FILE
+        return run
+    if record is not None and record.get("stopped"):
+        run.status, run.source = "failed", RESULTS_FILE
+        run.reason = f"stopped after its results were written: {record['stopped']}; the same command resumes it"
         return run
     if record is not None:
         run.accuracy, run.source = final_test_accuracy(record), RESULTS_FILE
