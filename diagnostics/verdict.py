@@ -406,15 +406,16 @@ def _useful(f, t, reasons):
             reasons.append(f"no gain: {line}: the loss is lower by more than GAIN_MIN {_fmt(100 * t['GAIN_MIN'])} % "
                            f"but the accuracy worse, so neither gain nor harm over {reference} is shown")
             return 0
-        reasons.append(f"useful: {line} >= GAIN_MIN {_fmt(100 * t['GAIN_MIN'])} %")
+        reasons.append(f"useful: {line}: the gain {_fmt(100 * gain)} % >= GAIN_MIN {_fmt(100 * t['GAIN_MIN'])} % "
+                       "with no accuracy loss")
         return 1
     if gain <= -t["GAIN_MIN"]:
         if acc is not None and acc > 0:
             reasons.append(f"no gain: {line}: the loss is worse by more than GAIN_MIN {_fmt(100 * t['GAIN_MIN'])} % "
                            f"but the accuracy better, so neither gain nor harm over {reference} is shown")
             return 0
-        reasons.append(f"harmful: {line} <= -GAIN_MIN {_fmt(100 * t['GAIN_MIN'])} % with no accuracy gain: the "
-                       f"model does better with {reference}")
+        reasons.append(f"harmful: {line}: the gain {_fmt(100 * gain)} % <= -GAIN_MIN {_fmt(100 * t['GAIN_MIN'])} % "
+                       f"with no accuracy gain: the model does better with {reference}")
         return -1
     reasons.append(f"no gain: {line}: within +-GAIN_MIN {_fmt(100 * t['GAIN_MIN'])} %: it changes decisions, not "
                    f"the task, no better than {reference}")
