@@ -17,6 +17,7 @@ SMALL = {
     "cocoopgated_epoch.py": ["--epochs", "1"],
     "time_to_error.py": ["--repeat", "1"],
     "demo_pretraining.py": ["--steps", "2", "--corpus-size", "64", "--repeat", "1"],
+    "routing_epoch.py": ["--epochs", "1"],
 }
 
 
