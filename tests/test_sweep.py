@@ -181,13 +181,18 @@ sweep.run_step(Step("", "d", run, [], []))
 """
 
 
-def test_cancelling_a_step_ends_its_whole_process_tree(tmp_path):
+@pytest.mark.parametrize("sigint", ["python", "ignored"])
+def test_cancelling_a_step_ends_its_whole_process_tree(tmp_path, sigint):
+    """Also when the sweep starts with SIGINT ignored, as a shell starts background jobs: there
+    _thread.interrupt_main() used to do nothing and the step outlived its cancel (found when the
+    test suite itself ran in the background)."""
     pid_file = str(tmp_path / "grandchild.pid")
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint == "ignored" else None
     process = subprocess.Popen([sys.executable, "-c", CANCELLED_STEP, PROCESS_TREE, pid_file, str(tmp_path / "run")],
-                               env=env, stderr=subprocess.PIPE, text=True)
+                               env=env, stderr=subprocess.PIPE, text=True, preexec_fn=ignore)
     try:
-        _, err = process.communicate(timeout=180)
+        _, err = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()

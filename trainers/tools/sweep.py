@@ -99,6 +99,22 @@ def kill_process_group(process, grace_s=None):
     return process.wait()
 
 
+@contextlib.contextmanager
+def cancellable():
+    """Python's own SIGINT handler while the block runs in the main thread. A cancel arrives as
+    _thread.interrupt_main(), which does nothing when SIGINT is ignored or left to the OS, and a
+    shell starts background jobs (`cmd &`, nohup) with SIGINT ignored, which their children
+    inherit: there the step would outlive its cancel. The previous handler comes back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+
+
 def run_step(step, env=None, timeout_s=None, cwd=None):
     """Run one step unless it already finished. Returns a dict with its status and, if it failed,
     its return code, command and the tail of its output. On a timeout, and when the caller is
@@ -123,7 +139,8 @@ def run_step(step, env=None, timeout_s=None, cwd=None):
         try:
             # With a timeout, wait() polls (sleeps of <= 50 ms); a blocking waitpid would never
             # see Ray's cancel, which arrives by _thread.interrupt_main and wakes no system call.
-            returncode = process.wait(timeout=timeout_s if timeout_s is not None else threading.TIMEOUT_MAX)
+            with cancellable():
+                returncode = process.wait(timeout=timeout_s if timeout_s is not None else threading.TIMEOUT_MAX)
         except subprocess.TimeoutExpired:
             kill_process_group(process)
             returncode = "timeout"
