@@ -399,8 +399,11 @@ def _useful(f, t, reasons):
         return None
     acc_text = (f"accuracy {acc:+.2f} points [{_fmt(low)}, {_fmt(high)}]" if acc is not None and low is not None
                 and high is not None else "accuracy change not measured")
-    line = (f"learned gate against {reference} on the evaluation set: cross-entropy {_fmt(100 * gain)} % of it "
-            f"lower with the gate ({n} inputs); {acc_text}")
+    entry = _get(f, "functional", "test", f.get("reference") or "constant")
+    base = _measured(entry.get("loss_base"))
+    line = (f"learned gate against {reference} on the evaluation set ({n} inputs): cross-entropy {_fmt(base)} vs "
+            f"{_fmt(base * (1 + gain))} nats, loss_gain {_fmt(100 * gain)} % (the share of the learned model's loss "
+            f"the reference adds); {acc_text}")
     if gain >= t["GAIN_MIN"]:
         if acc is not None and acc < 0:
             reasons.append(f"no gain: {line}: the loss is lower by more than GAIN_MIN {_fmt(100 * t['GAIN_MIN'])} % "

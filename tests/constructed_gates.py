@@ -69,6 +69,16 @@ class DomainRouterGate(Gate):
         return self.remember(F.one_hot(side, self.num_options).to(cond.dtype))
 
 
+class InvertedDomainRouterGate(DomainRouterGate):
+    """DomainRouterGate in training; at evaluation it sends every image to the other side's option:
+    the prompts it trained for one domain answer the other. Input-dependent, saturated yet varied,
+    and worse than its own mean (a mixture of the two prompts) by construction: harmful."""
+
+    def forward(self, cond):
+        output = super().forward(cond)
+        return output if self.training else self.remember(output.flip(-1))
+
+
 class IgnoringCLIP(CoOpGatedCLIP):
     def forward(self, image):
         image_features = image_features_of(self.backbone, image)
@@ -94,3 +104,4 @@ def gatescope_register_gates(register):
                                                                   init_std=cfg.GATE.MLP.INIT_STD))
     register("noise", lambda cfg, k, d, kind: NoiseGate(k, d, kind))
     register("domain_router", lambda cfg, k, d, kind: DomainRouterGate(k, d))
+    register("domain_router_inverted", lambda cfg, k, d, kind: InvertedDomainRouterGate(k, d))

@@ -217,6 +217,24 @@ def test_gate_given_the_domain_is_healthy_and_its_removal_costs_accuracy(demo_ro
     assert g["verdict"] == "healthy"
 
 
+def test_gate_whose_routing_hurts_is_harmful(demo_root, tmp_path, case_plugin):
+    """The same router told the domain in training, inverted at evaluation: each image goes to the
+    prompt trained for the other domain. It changes the model (KL, half the decisions) for the
+    worse: its training mean, a mixture of both prompts, is better in loss and accuracy."""
+    def give_domain(trainer):
+        trainer.gate_head.gate.set_rule(*fit_domain_rule(trainer))
+
+    g = run(demo_root, tmp_path, ("DATASET.NAME", "GatescopeMultiDomain", "OPTIM.MAX_EPOCH", 10, "GATE.NAME",
+                                  "domain_router_inverted", "GATE.TARGET", "pool", "GATE.POOL_SIZE", 2),
+            before=give_domain)
+    assert g["choice_top_share"] == pytest.approx(0.5, abs=0.05) and g["kl_effect_low"] > 1e-2
+    constant = g["functional"]["test"]["constant"]
+    assert constant["acc_delta"] < 0.0 and constant["changed_share"] > 0.3
+    assert g["loss_gain"] <= -0.02  # the mean mixture's cross-entropy is lower by >= GAIN_MIN of it
+    assert any(r.startswith("harmful:") for r in g["reasons"])
+    assert g["verdict"] == "harmful"
+
+
 def test_per_task_gate_that_stays_at_its_init_is_collapsed(demo_root, tmp_path):
     """The study's sigmoid gate (logit 1: 0.73 on every option) with a learning rate of 0: it
     gets a task gradient but never moves; as set it differs from all-on, which the reasons say."""
