@@ -145,3 +145,31 @@ def quiet():
             yield
         finally:
             sys.stdout = old
+
+
+def ready_for_epochs(root, trainer, opts=()):
+    """demo_trainer(...) with before_train() run (its time in `.setup_seconds`: the feature cache is
+    built there) and epoch 0 set, so that run_epoch() can be timed again and again."""
+    import tempfile
+
+    with quiet():
+        t = demo_trainer(root, tempfile.mkdtemp(), trainer, opts)
+        start = time.perf_counter()
+        t.before_train()
+        t.setup_seconds = time.perf_counter() - start
+        t.epoch = 0
+    return t
+
+
+def median_epoch_seconds(trainers, epochs):
+    """{name: median seconds of one run_epoch()} for {name: trainer}, the setups alternated epoch by
+    epoch so that a change of the machine's load falls on all of them alike."""
+    times = {name: [] for name in trainers}
+    for _ in range(epochs):
+        for name, t in trainers.items():
+            def run(t=t):
+                with quiet():
+                    t.run_epoch()
+            times[name].append(timed(run, repeat=1, warmup=0))
+    return {name: sorted(v)[len(v) // 2] for name, v in times.items()}
+

@@ -8,9 +8,8 @@ Run: python benchmarks/feature_cache_epoch.py [--trainer CoOp] [--shots 16] [--s
 """
 import argparse
 import tempfile
-import time
 
-from common import VIT_B16_OPTS, banner, demo_trainer, quiet, timed
+from common import VIT_B16_OPTS, banner, median_epoch_seconds, ready_for_epochs
 
 import torch
 
@@ -23,17 +22,11 @@ SIZES = {
 
 
 def prepared(root, name, shots, cache_dir, enabled, size="demo"):
-    with quiet():
-        trainer = demo_trainer(root, tempfile.mkdtemp(), name, SIZES[size] + (
-            "DATASET.NUM_SHOTS", shots, "DATALOADER.FEATURE_CACHE.ENABLED", enabled,
-            "DATALOADER.FEATURE_CACHE.DIR", cache_dir, "DIAGNOSTICS.ENABLED", False, "OPTIM.MAX_EPOCH", 100,
-            # The reference is the original code's way: every epoch reads, decodes and encodes.
-            "DATALOADER.IMAGE_CACHE_MB", 1024 if enabled else 0))
-        start = time.perf_counter()
-        trainer.before_train()
-        trainer.setup_seconds = time.perf_counter() - start
-        trainer.epoch = 0
-    return trainer
+    return ready_for_epochs(root, name, SIZES[size] + (
+        "DATASET.NUM_SHOTS", shots, "DATALOADER.FEATURE_CACHE.ENABLED", enabled,
+        "DATALOADER.FEATURE_CACHE.DIR", cache_dir, "DIAGNOSTICS.ENABLED", False, "OPTIM.MAX_EPOCH", 100,
+        # The reference is the original code's way: every epoch reads, decodes and encodes.
+        "DATALOADER.IMAGE_CACHE_MB", 1024 if enabled else 0))
 
 
 def main():
@@ -52,17 +45,8 @@ def main():
            f"batch {cached.cfg.DATALOADER.TRAIN_X.BATCH_SIZE}")
     print(f"cache built in {cached.setup_seconds:.2f} s (once per training set, backbone and transform)")
 
-    def epoch(trainer):
-        def run():
-            with quiet():
-                trainer.run_epoch()
-        return run
-    # Alternate the two (the machine's load changes over time) and keep the median of each.
-    fast, ref = [], []
-    for _ in range(args.epochs):
-        fast.append(timed(epoch(cached), repeat=1, warmup=0))
-        ref.append(timed(epoch(plain), repeat=1, warmup=0))
-    fast, ref = sorted(fast)[len(fast) // 2], sorted(ref)[len(ref) // 2]
+    medians = median_epoch_seconds({"cached": cached, "plain": plain}, args.epochs)
+    fast, ref = medians["cached"], medians["plain"]
     print(f"epoch with cached features: {fast * 1e3:.1f} ms; reading and encoding every epoch: {ref * 1e3:.1f} ms")
     print(f"ratio: {ref / fast:.2f}")
 

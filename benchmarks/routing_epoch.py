@@ -12,12 +12,12 @@ Run: python benchmarks/routing_epoch.py [--epochs 7]
 """
 import argparse
 import tempfile
-import time
 
-from common import banner, demo_trainer, quiet, timed
+from common import banner, median_epoch_seconds, ready_for_epochs
 
 import torch
 
+TASK = ("DATASET.NAME", "GatescopeMultiDomain", "DIAGNOSTICS.ENABLED", False, "OPTIM.MAX_EPOCH", 100)
 POOL = ("GATE.NAME", "softmax", "GATE.TARGET", "pool", "GATE.POOL_SIZE", 2)
 SETUPS = {
     "CoOp (cached image features)": ("CoOp", ()),
@@ -27,24 +27,13 @@ SETUPS = {
 }
 
 
-def prepared(root, trainer, opts):
-    with quiet():
-        t = demo_trainer(root, tempfile.mkdtemp(), trainer, opts + (
-            "DATASET.NAME", "GatescopeMultiDomain", "DIAGNOSTICS.ENABLED", False, "OPTIM.MAX_EPOCH", 100))
-        start = time.perf_counter()
-        t.before_train()
-        t.setup_seconds = time.perf_counter() - start
-        t.epoch = 0
-    return t
-
-
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=7, help="epochs timed per setup (median)")
     args = parser.parse_args()
     root = tempfile.mkdtemp(prefix="gs_bench_data_")
     torch.manual_seed(0)
-    trainers = {name: prepared(root, trainer, opts) for name, (trainer, opts) in SETUPS.items()}
+    trainers = {name: ready_for_epochs(root, trainer, opts + TASK) for name, (trainer, opts) in SETUPS.items()}
     first = next(iter(trainers.values()))
     banner("one training epoch of the routing mechanism vs CoOp",
            f"multi-domain task, {len(first.dm.dataset.train_x)} training images, batch "
@@ -52,18 +41,7 @@ def main():
     for name, t in trainers.items():
         print(f"{name}: feature cache {'on' if getattr(t, 'feature_cache_path', None) else 'off'}, "
               f"set-up {t.setup_seconds:.2f} s")
-
-    def epoch(t):
-        def run():
-            with quiet():
-                t.run_epoch()
-        return run
-    # Alternate the setups (the machine's load changes over time) and keep the median of each.
-    times = {name: [] for name in trainers}
-    for _ in range(args.epochs):
-        for name, t in trainers.items():
-            times[name].append(timed(epoch(t), repeat=1, warmup=0))
-    medians = {name: sorted(v)[len(v) // 2] for name, v in times.items()}
+    medians = median_epoch_seconds(trainers, args.epochs)
     for name, seconds in medians.items():
         print(f"{name}: {seconds * 1e3:.1f} ms per epoch")
     coop, hard_em = medians[next(iter(SETUPS))], medians[list(SETUPS)[-1]]

@@ -98,6 +98,25 @@ def test_grid_errors_say_what_is_wrong(tmp_path, change, message):
         expand_grid(grid_spec(tmp_path, **change))
 
 
+@pytest.mark.parametrize("text, message", [
+    ("name: g\nseeds: !!python/object/apply:os.system ['true']\n", r"line 2, column 8: the YAML tag "
+                                                                   r"!!python/object/apply:os.system"),
+    ("- just\n- a list\n", "holds a YAML list; expected a mapping"),
+    ("name: [unclosed\n", "line 2"),
+])
+def test_a_grid_file_is_read_as_data_by_the_projects_yaml_reader(tmp_path, text, message):
+    """Grid files and the dataset configs they name go through trainers/config_file.py: no YAML
+    tag builds a Python object, and the error names the file and line."""
+    from trainers.tools.grid import dataset_name_opts
+
+    path = tmp_path / "grid.yaml"
+    path.write_text(text)
+    with pytest.raises(GridError, match=f"cannot read the grid file {path}: .*{message}"):
+        load_grid(str(path))
+    with pytest.raises(GridError, match=f"cannot read the dataset config {path}: .*{message}"):
+        dataset_name_opts(str(path))
+
+
 def test_dry_run_prints_every_command(tmp_path, capsys):
     path = tmp_path / "grid.yaml"
     path.write_text(yaml.safe_dump(grid_spec(tmp_path, protocol="fewshot")))

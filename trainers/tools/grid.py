@@ -65,7 +65,7 @@ summarize --table regime` compares the gated methods with it.
 import os
 from dataclasses import dataclass, field
 
-import yaml
+from trainers.config_file import read_config_file
 
 from .layout import DG_TARGETS, PHASES, PROTOCOLS, XD_SOURCE, XD_TARGETS, cfg_label, oracle_label, run_dir
 
@@ -188,11 +188,10 @@ def resolve_config(kind, name, trainer=None):
 def dataset_name_opts(path):
     """`["DATASET.NAME", <name>]` from a dataset config file ([] when it names none)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            config = yaml.safe_load(f) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        config = read_config_file(path)
+    except (OSError, ValueError) as e:  # ValueError: ConfigError, naming the file and line
         raise GridError(f"cannot read the dataset config {path}: {e}") from e
-    node = config.get("DATASET") if isinstance(config, dict) else None
+    node = config.get("DATASET")
     name = node.get("NAME") if isinstance(node, dict) else None
     return ["DATASET.NAME", str(name)] if name else []
 
@@ -357,12 +356,9 @@ def _base_argv(data, seed, trainer, cfg_path, dataset_path, output_dir):
 def read_grid_file(path):
     """The parsed GRID.yaml mapping (named after the file unless it has a `name`)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            spec = yaml.safe_load(f) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        spec = read_config_file(path)  # the project's one YAML reader: data only, errors name file and line
+    except (OSError, ValueError) as e:
         raise GridError(f"cannot read the grid file {path}: {e}") from e
-    if not isinstance(spec, dict):
-        raise GridError(f"{path} must hold a YAML mapping, found {type(spec).__name__}")
     spec.setdefault("name", os.path.splitext(os.path.basename(path))[0])
     return spec
 
